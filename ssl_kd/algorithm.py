@@ -1,0 +1,103 @@
+"""The algorithm contract: an algorithm turns a batch of views into a loss; the trainer does the rest.
+
+An algorithm subclasses `Algorithm`, sets `Config` (a dataclass of its hyper-parameters),
+declares the views it needs, implements `train_step`, and registers itself with
+`@register_algorithm("name")`. Backward, optimiser, EMA, AMP, compile, evaluation,
+checkpointing and logging belong to the trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ssl_kd.data.types import SSLData
+
+
+@dataclass
+class NoConfig:
+    """An algorithm without hyper-parameters of its own."""
+
+
+@dataclass
+class Batch:
+    """One training step's data, already augmented on the training device.
+
+    `x_l[view]` is (B, ...) and `x_u[view]` is (mu*B, ...) for each declared view. Unlabelled
+    ground truth is deliberately absent: the trainer keeps it to monitor pseudo-label accuracy.
+    """
+
+    x_l: dict[str, torch.Tensor]
+    y_l: torch.Tensor
+    idx_l: torch.Tensor
+    x_u: dict[str, torch.Tensor] = field(default_factory=dict)
+    idx_u: torch.Tensor | None = None
+
+
+@dataclass
+class StepOutput:
+    """What `train_step` returns.
+
+    `loss` is backpropagated by the trainer into the model's optimiser. `logs` are scalars for
+    the progress bar and TensorBoard (`loss/...`, `train/...`). `pseudo_labels` and `mask`
+    (one per unlabelled example) let the trainer log pseudo-label accuracy and the mask ratio.
+    """
+
+    loss: torch.Tensor
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    pseudo_labels: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    histograms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What an algorithm may know about the run besides its own config."""
+
+    num_classes: int
+    total_steps: int
+    device: torch.device
+    data: SSLData
+    train_cfg: Any  # ssl_kd.config.TrainConfig
+    ema_model: nn.Module | None = None  # the trainer's EMA of `model` (never trained directly)
+    make_net: Any = None  # callable(name: str) -> nn.Module, for algorithms with extra networks
+    autocast: Any = None  # callable() -> context manager for forward passes (bf16 on CUDA)
+
+
+class Algorithm:
+    """Base class of every algorithm. `self.model` is the network the trainer optimises."""
+
+    Config: ClassVar[type] = NoConfig
+    labelled_views: ClassVar[tuple[str, ...]] = ("weak",)
+    unlabelled_views: ClassVar[tuple[str, ...]] = ()
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, cfg: Any, ctx: Context) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.ctx = ctx
+        self.step = 0  # set by the trainer before each train_step
+
+    @property
+    def needs_unlabelled(self) -> bool:
+        return bool(self.unlabelled_views)
+
+    def train_step(self, batch: Batch) -> StepOutput:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called by the trainer after the optimiser step (e.g. to update a teacher)."""
+
+    def eval_model(self) -> nn.Module | None:
+        """An extra network to evaluate besides the model and its EMA (e.g. a teacher), or None."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """All state beyond the model, its EMA and its optimiser (teachers, thresholds, caches)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")

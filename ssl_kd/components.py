@@ -1,0 +1,64 @@
+"""Shared pieces algorithms are built from: one concatenated forward, losses, pseudo-labelling, masking.
+
+Algorithms reuse these instead of copying them; FlexMatch swaps only the `Thresholder`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def forward_concat(model: nn.Module, *xs: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One forward pass over the concatenation of `xs` (BatchNorm sees one batch, as in FixMatch),
+    split back into (logits, features) per input."""
+    logits, feats = model(torch.cat(xs))
+    sizes = [x.shape[0] for x in xs]
+    return list(zip(logits.split(sizes), feats.split(sizes)))
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy against target distributions (N, C)."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+
+
+def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Temperature sharpening p^(1/T), renormalised (UDA, MixMatch)."""
+    p = probs ** (1.0 / temperature)
+    return p / p.sum(-1, keepdim=True)
+
+
+class Thresholder:
+    """Fixed-threshold confidence masking (FixMatch). Stateful subclasses override `mask` and `update`."""
+
+    def __init__(self, threshold: float, num_classes: int) -> None:
+        self.threshold = threshold
+        self.num_classes = num_classes
+
+    def mask(self, probs: torch.Tensor) -> torch.Tensor:
+        """1.0 where the pseudo-label is trusted, else 0.0 (float, no gradient)."""
+        return (probs.max(-1).values >= self.threshold).float()
+
+    def update(self, probs: torch.Tensor, idx: torch.Tensor) -> None:
+        """Observe one batch of unlabelled predictions (indices into the training set)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def hard_pseudo_labels(logits: torch.Tensor, thresholder: Thresholder, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detached probabilities, argmax pseudo-labels and the confidence mask for `logits`."""
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    if idx is not None:
+        thresholder.update(probs, idx)
+    return probs, probs.argmax(-1), thresholder.mask(probs)
+
+
+def masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over all examples of loss * mask (FixMatch normalises by the batch, not the mask count)."""
+    return (loss * mask).mean()

@@ -1,0 +1,177 @@
+"""Typed run configuration.
+
+Precedence, lowest first: dataclass defaults < the dataset preset's protocol defaults <
+`--config file.yaml` < flags given on the command line < `--set section.key=value`.
+Unknown keys and ill-typed values raise ConfigError naming the key and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ssl_kd.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """The trainer's settings (FixMatch protocol defaults)."""
+
+    algo: str = "fixmatch"
+    dataset: str = "digits_100"
+    net: str = ""  # empty: the dataset preset's network
+    seed: int = 0
+    steps: int = 2**20
+    eval_every: int = 5000
+    log_every: int = 10  # TensorBoard scalars every N steps
+    batch_size: int = 64  # labelled batch B
+    uratio: int = 7  # mu: the unlabelled batch is mu * B
+    eval_batch_size: int = 1024
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    cosine_cycles: float = 7 / 16  # FixMatch: lr * cos(7*pi*k / (16*K))
+    warmup_steps: int = 0
+    ema: float = 0.999  # EMA decay of the evaluated model; 0 disables the EMA
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False  # torch.compile the network
+    data_dir: str = ""  # empty: $SSL_KD_DATA, else ./data
+    download: bool = False
+    out: str = ""  # empty: runs/<algo>_<dataset>_s<seed>_<time>
+    save_every: int = 0  # checkpoint every N steps (0: at every evaluation)
+    median_last: int = 20  # summary.json median over the last N evaluations
+    progress: bool = True
+
+
+@dataclass
+class DataConfig:
+    """How the dataset's splits are made (independent of the training seed)."""
+
+    split_seed: int = 0
+    val_per_class: int = 0  # validation examples per class carved out of the training set
+    label_noise: float = 0.0  # fraction of labelled labels flipped (noise probe)
+    noise_mode: str = "symmetric"  # symmetric | pairwise (to the next class)
+
+
+@dataclass
+class Config:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algo: Any = None  # the algorithm's own config dataclass instance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train": dataclasses.asdict(self.train),
+            "data": dataclasses.asdict(self.data),
+            "algo": dataclasses.asdict(self.algo) if self.algo is not None else {},
+        }
+
+
+def coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert `value` (a YAML value or a `--set` string) to the field type `typ`, or raise."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return coerce(value, args[0], key)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        (inner, *_) = typing.get_args(typ) or (str,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}; write e.g. {key}=[1,2]")
+        return origin(coerce(v, inner, key) for v in value)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, str):
+                number = float(value)  # accepts 1e3 and 2**... is not allowed
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+    except ValueError:
+        name = getattr(typ, "__name__", str(typ))
+        raise ConfigError(f"{key}: {value!r} is not a valid {name}; give a {name} value, e.g. --set {key}=...")
+    return value
+
+
+def field_types(obj: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def set_field(obj: Any, section: str, key: str, value: Any) -> None:
+    """Set `obj.key` from an untyped value, checking the key exists and the type fits."""
+    types = field_types(obj)
+    if key not in types:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(types), n=1)
+        hint = f" Did you mean {section}.{close[0]}?" if close else ""
+        raise ConfigError(
+            f"unknown config key {section}.{key}.{hint} Valid keys in {section}: {', '.join(sorted(types))}."
+        )
+    setattr(obj, key, coerce(value, types[key], f"{section}.{key}"))
+
+
+def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
+    """Apply a nested {section: {key: value}} mapping (a YAML file's content)."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections (train, data, algo), got {type(mapping).__name__}")
+    for section, values in mapping.items():
+        if section not in ("train", "data", "algo"):
+            raise ConfigError(f"{origin}: unknown section {section!r}; use train, data or algo")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping of key: value")
+        for key, value in values.items():
+            set_field(getattr(cfg, section), section, key, value)
+
+
+def apply_set(cfg: Config, assignment: str) -> None:
+    """Apply one `--set section.key=value` (a bare key means train.key)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set train.lr=0.05")
+    dotted, value = assignment.split("=", 1)
+    section, _, key = dotted.strip().rpartition(".")
+    section = section or "train"
+    if section not in ("train", "data", "algo"):
+        raise ConfigError(f"--set {assignment!r}: unknown section {section!r}; use train., data. or algo.")
+    set_field(getattr(cfg, section), section, key, value.strip())
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            content = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found; give the path of a YAML file such as configs/fixmatch_cifar10.yaml")
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML ({err})")
+    return content

@@ -1,0 +1,186 @@
+"""Dataset names -> SSLData: load a family's raw sets, then make seeded, class-balanced splits.
+
+Every family gets the same splitting, and the split depends only on `DataConfig.split_seed`
+(never on the training seed), so runs with different training seeds share their labelled set.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ssl_kd.config import DataConfig
+from ssl_kd.data.family import DatasetFamily, RawData
+from ssl_kd.data.types import SSLData
+from ssl_kd.errors import ConfigError, DataError
+from ssl_kd.registry import DATASETS, discover, unknown_name_message
+
+NOISE_MODES = ("symmetric", "pairwise")
+LABEL_SPEC = re.compile(r"(\d+)(k?)")
+NAME_EXAMPLES = "e.g. cifar10_40, cifar10_4k, cifar100_10k, svhn_1000, digits_30, or cifar10 for all labels"
+
+
+def parse_dataset_name(name: str) -> tuple[str, int | None]:
+    """Split `<family>[_<labels>]` (`cifar10_4k` -> ('cifar10', 4000); `svhn` -> ('svhn', None))."""
+    discover("ssl_kd.datasets")
+    if name in DATASETS:
+        return name, None
+    family, _, spec = name.rpartition("_")
+    match = LABEL_SPEC.fullmatch(spec.lower())
+    if family not in DATASETS:
+        unknown = family if family and match else name
+        raise ConfigError(
+            f"{unknown_name_message('dataset', unknown, DATASETS.names())} "
+            f"Dataset names are <family>[_<labels>], {NAME_EXAMPLES}."
+        )
+    labels = int(match.group(1)) * (1000 if match.group(2) else 1) if match else 0
+    if labels <= 0:
+        raise ConfigError(
+            f"dataset {name!r}: bad label count {spec!r}; write <family>_<labels> with a positive "
+            f"number, optionally with a k for thousands ({NAME_EXAMPLES})."
+        )
+    return family, labels
+
+
+def resolve_family(name: str) -> tuple[DatasetFamily, int | None]:
+    """The registered family of a dataset name (its protocol gives the training defaults) and its label count."""
+    family, labels = parse_dataset_name(name)
+    return DATASETS.get(family), labels
+
+
+def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: bool) -> SSLData:
+    """Load `name`'s family from `<data_dir>/<family>/` and split it as `data_cfg` says (on the CPU).
+
+    With a label count, the unlabelled set is the whole training set minus validation (the
+    FixMatch protocol: labelled examples included); without one, every non-validation example is
+    labelled and the unlabelled set is empty.
+
+    With label noise, `train_y` holds the (partly flipped) labels used for training and
+    `noisy_idx` the flipped indices. Unlabelled examples share `train_y`, so pseudo-label
+    accuracy monitoring compares against the noisy label at those indices.
+    """
+    check_data_config(data_cfg)
+    family, labels = resolve_family(name)
+    per_class = labels_per_class(labels, family.num_classes, name) if labels is not None else None
+    raw = family.load(data_dir / family.name, download)
+    check_labels(raw, family)
+    check_class_sizes(name, raw.train_y.bincount(minlength=family.num_classes), data_cfg.val_per_class, per_class)
+    generator = torch.Generator().manual_seed(data_cfg.split_seed)
+    val_idx, labelled_idx, rest_idx = split_indices(
+        raw.train_y, family.num_classes, per_class, data_cfg.val_per_class, generator
+    )
+    train_y, noisy_idx = raw.train_y, None
+    if data_cfg.label_noise > 0:
+        train_y, noisy_idx = flip_labels(
+            raw.train_y, labelled_idx, data_cfg.label_noise, data_cfg.noise_mode, family.num_classes, generator
+        )
+    return SSLData(
+        name=name,
+        train_x=raw.train_x,
+        train_y=train_y,
+        labelled_idx=labelled_idx,
+        unlabelled_idx=rest_idx if per_class is not None else torch.empty(0, dtype=torch.int64),
+        val_idx=val_idx,
+        test_x=raw.test_x,
+        test_y=raw.test_y,
+        num_classes=family.num_classes,
+        policy=family.policy,
+        class_names=raw.class_names,
+        noisy_idx=noisy_idx,
+    )
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    if cfg.noise_mode not in NOISE_MODES:
+        raise ConfigError(f"data.noise_mode={cfg.noise_mode!r} is not valid; use one of: {', '.join(NOISE_MODES)}.")
+    if not 0.0 <= cfg.label_noise <= 1.0:
+        raise ConfigError(f"data.label_noise={cfg.label_noise} is not a fraction; give a value in [0, 1], e.g. 0.2.")
+    if cfg.val_per_class < 0:
+        raise ConfigError(f"data.val_per_class={cfg.val_per_class} is negative; give 0 (no validation split) or more.")
+
+
+def check_labels(raw: RawData, family: DatasetFamily) -> None:
+    """Labels outside 0..C-1 mean the files do not belong to this family."""
+    for split, labels in (("training", raw.train_y), ("test", raw.test_y)):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= family.num_classes):
+            raise DataError(
+                f"{family.name}: {split} labels range over {labels.min()}..{labels.max()}, expected "
+                f"0..{family.num_classes - 1}; the files under the {family.name} folder belong to another dataset."
+            )
+
+
+def split_indices(
+    train_y: torch.Tensor,
+    num_classes: int,
+    per_class: int | None,
+    val_per_class: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(validation, labelled, training minus validation) sorted index tensors.
+
+    One permutation per class: its first `val_per_class` entries are validation, the next
+    `per_class` labelled (all the rest when None). So with a fixed seed and validation size,
+    smaller label counts are subsets of larger ones (cifar10_40 within cifar10_250).
+    """
+    val_parts, labelled_parts, rest_parts = [], [], []
+    for cls in range(num_classes):
+        members = (train_y == cls).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        val_parts.append(members[:val_per_class])
+        rest_parts.append(members[val_per_class:])
+        labelled_parts.append(rest_parts[-1] if per_class is None else rest_parts[-1][:per_class])
+    return tuple(torch.cat(parts).sort().values for parts in (val_parts, labelled_parts, rest_parts))
+
+
+def labels_per_class(labels: int, num_classes: int, name: str) -> int:
+    if labels % num_classes:
+        lower, upper = labels // num_classes * num_classes, (labels // num_classes + 1) * num_classes
+        options = f"{lower} or {upper}" if lower else f"{upper}"
+        raise DataError(
+            f"dataset {name!r}: {labels} labels cannot be split evenly over {num_classes} classes; "
+            f"use a multiple of {num_classes}, such as {options}."
+        )
+    return labels // num_classes
+
+
+def check_class_sizes(name: str, class_counts: torch.Tensor, val_per_class: int, per_class: int | None) -> None:
+    """Every class must hold its validation share plus its labelled share."""
+    smallest, cls = (int(v) for v in class_counts.min(dim=0))
+    if smallest == 0:
+        raise DataError(f"dataset {name!r}: class {cls} has no training images; the data files are incomplete.")
+    if val_per_class >= smallest:
+        raise DataError(
+            f"dataset {name!r}: data.val_per_class={val_per_class} leaves no training images of class {cls}, "
+            f"which has {smallest}; set data.val_per_class below {smallest}."
+        )
+    available = smallest - val_per_class
+    if per_class is not None and per_class > available:
+        raise DataError(
+            f"dataset {name!r}: {per_class} labels per class requested, but class {cls} has only {available} "
+            f"training images ({smallest} minus data.val_per_class={val_per_class}); ask for at most "
+            f"{available * len(class_counts)} labels ({available} per class) or lower data.val_per_class."
+        )
+
+
+def flip_labels(
+    train_y: torch.Tensor,
+    labelled_idx: torch.Tensor,
+    fraction: float,
+    mode: str,
+    num_classes: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of `train_y` with round(fraction * |labelled|) labelled labels flipped, and the flipped indices.
+
+    symmetric: to a uniformly random other class; pairwise: to the next class (y+1) mod C.
+    """
+    count = round(fraction * len(labelled_idx))
+    chosen = labelled_idx[torch.randperm(len(labelled_idx), generator=generator)[:count]].sort().values
+    noisy = train_y.clone()
+    if mode == "pairwise":
+        shift = torch.ones(count, dtype=train_y.dtype)
+    else:
+        shift = torch.randint(1, num_classes, (count,), generator=generator, dtype=train_y.dtype)
+    noisy[chosen] = (train_y[chosen] + shift) % num_classes
+    return noisy, chosen

@@ -1,0 +1,50 @@
+"""Dataset families: how a registered family loads its raw splits and which protocol it implies.
+
+A dataset name follows `<family>[_<labels>]` (`cifar10_4k`, `digits_100`, `svhn`): the family
+loads the full train/test sets once; `ssl_kd.data.build` makes the labelled/unlabelled/validation
+splits, so every family gets the same, seeded, class-balanced splitting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ssl_kd.data.types import AugPolicy
+from ssl_kd.registry import DATASETS
+
+
+@dataclass
+class RawData:
+    """A family's full training and test sets, before splitting."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class DatasetFamily:
+    """A registered family.
+
+    `load(root, download)` reads the standard release layout under `root` (the family's own
+    sub-folder of the data dir, e.g. `<data-dir>/cifar10`), downloading there first when
+    `download` is true, and raises `DataError` naming the path and the fix when files are missing.
+    `protocol` holds the preset's training defaults (TrainConfig field -> value).
+    """
+
+    name: str
+    num_classes: int
+    policy: AugPolicy
+    load: Callable[[Path, bool], RawData]
+    protocol: dict[str, Any] = field(default_factory=dict)
+    presets: tuple[int, ...] = ()  # label counts listed by `--list` (any count is accepted)
+    description: str = ""
+
+
+def register_dataset(family: DatasetFamily) -> DatasetFamily:
+    return DATASETS.register(family.name)(family)

@@ -1,0 +1,52 @@
+"""The data contract between dataset builders, the sampler/view layer and the algorithms."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class AugPolicy:
+    """How a dataset's images are augmented and normalised (never depends on the algorithm)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool = True  # horizontal flips (off for digits and SVHN: they change the class)
+    crop_fraction: float = 0.125  # reflect-pad + random crop by this fraction of the side
+    strong_ops: int = 2  # RandAugment operations per image
+    cutout_fraction: float = 0.5  # Cutout side as a fraction of the image side (FixMatch: up to 0.5)
+
+
+@dataclass
+class SSLData:
+    """All splits of one dataset as tensors (images uint8 (N,C,H,W) or token ids (N,L)).
+
+    `train_x`/`train_y` hold the whole training set; the splits are index tensors into it.
+    `unlabelled_idx` is the whole training set in the FixMatch protocol (empty for a fully
+    labelled preset); its labels are known in benchmark splits and are used only to monitor
+    pseudo-label accuracy, never for training. `val_idx` is carved out of the training set and
+    excluded from the labelled and unlabelled splits.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    labelled_idx: torch.Tensor
+    unlabelled_idx: torch.Tensor
+    val_idx: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    policy: AugPolicy
+    class_names: list[str] = field(default_factory=list)
+    noisy_idx: torch.Tensor | None = None  # labelled indices whose label was flipped (noise probe)
+
+    @property
+    def has_unlabelled(self) -> bool:
+        return self.unlabelled_idx.numel() > 0
+
+    def to(self, device: torch.device | str) -> "SSLData":
+        """Move every tensor to `device` (the data lives on the training device)."""
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        return SSLData(**moved)

@@ -1,0 +1,64 @@
+"""Wide ResNet-28-k as used by FixMatch (Zagoruyko & Komodakis 2016; leaky ReLU 0.1, BN momentum 0.001)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_kd.nets.base import Classifier
+from ssl_kd.registry import register_network
+
+BN_MOMENTUM = 0.001  # FixMatch's BN decay 0.999
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, activate_before_residual: bool = False) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin, momentum=BN_MOMENTUM)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, momentum=BN_MOMENTUM)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+        self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+        self.activate_before_residual = activate_before_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.act(self.bn1(x))
+        # The first block of the first group shares the pre-activation with its shortcut.
+        shortcut_in = pre if (self.shortcut is not None or self.activate_before_residual) else x
+        out = self.conv2(self.act(self.bn2(self.conv1(pre))))
+        return out + (shortcut_in if self.shortcut is None else self.shortcut(shortcut_in))
+
+
+class WideResNet(Classifier):
+    def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 28, widen: int = 2) -> None:
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)]
+        for group in range(3):
+            for i in range(n):
+                cin = widths[group] if i == 0 else widths[group + 1]
+                stride = (1 if group == 0 else 2) if i == 0 else 1
+                layers.append(BasicBlock(cin, widths[group + 1], stride, activate_before_residual=(group == 0 and i == 0)))
+        layers += [nn.BatchNorm2d(widths[3], momentum=BN_MOMENTUM), nn.LeakyReLU(0.1, inplace=True)]
+        self.backbone = nn.Sequential(*layers)
+        self._make_head(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x).mean(dim=(2, 3))
+
+
+@register_network("wrn28_2")
+def wrn28_2(num_classes: int, in_channels: int = 3) -> WideResNet:
+    return WideResNet(num_classes, in_channels, 28, 2)
+
+
+@register_network("wrn28_8")
+def wrn28_8(num_classes: int, in_channels: int = 3) -> WideResNet:
+    return WideResNet(num_classes, in_channels, 28, 8)

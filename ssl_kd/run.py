@@ -1,0 +1,100 @@
+"""Builds a run from a config: resolves presets, picks the device, makes data, network and algorithm."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_kd.algorithm import Algorithm
+from ssl_kd.config import Config, DataConfig, TrainConfig, apply_mapping, apply_set, set_field
+from ssl_kd.data.build import build_dataset, parse_dataset_name
+from ssl_kd.data.paths import resolve_data_dir
+from ssl_kd.data.types import SSLData
+from ssl_kd.errors import ConfigError
+from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or --device auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    discover_all()
+    return ALGORITHMS.get(name)
+
+
+def resolve_config(yaml_content: dict[str, Any], flags: dict[str, Any], sets: list[str]) -> Config:
+    """Defaults < dataset preset protocol < YAML < command-line flags < --set.
+
+    The algorithm and dataset are decided first (they pick the algorithm's config class and the
+    preset's defaults), taking the same precedence into account.
+    """
+    discover_all()
+    probe = Config(train=TrainConfig(), data=DataConfig())
+    apply_mapping(probe, {k: v for k, v in yaml_content.items() if k != "algo"}, "--config")
+    for key, value in flags.items():
+        set_field(probe.train, "train", key, value)
+    for assignment in sets:
+        if not assignment.split("=", 1)[0].startswith("algo."):
+            apply_set(probe, assignment)
+    algo_cls = algorithm_class(probe.train.algo)
+    family, _ = parse_dataset_name(probe.train.dataset)
+
+    cfg = Config(train=TrainConfig(), data=DataConfig(), algo=algo_cls.Config())
+    for key, value in DATASETS.get(family).protocol.items():
+        set_field(cfg.train, "train", key, value)
+    apply_mapping(cfg, yaml_content, "--config")
+    for key, value in flags.items():
+        set_field(cfg.train, "train", key, value)
+    for assignment in sets:
+        apply_set(cfg, assignment)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    t = cfg.train
+    for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if t.uratio < 0:
+        raise ConfigError(f"train.uratio must be >= 0, got {t.uratio}")
+    if not 0.0 <= t.ema < 1.0:
+        raise ConfigError(f"train.ema must be in [0, 1), got {t.ema}; use 0 to disable the EMA")
+    if t.net:
+        NETWORKS.get(t.net)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with Config.to_dict() (e.g. from a checkpoint)."""
+    algo_cls = algorithm_class(d["train"]["algo"])
+    cfg = Config(train=TrainConfig(), data=DataConfig(), algo=algo_cls.Config())
+    apply_mapping(cfg, {k: v for k, v in d.items() if v}, "checkpoint config")
+    return cfg
+
+
+def build_data(cfg: Config) -> SSLData:
+    return build_dataset(cfg.train.dataset, cfg.data, resolve_data_dir(cfg.train.data_dir), cfg.train.download)
+
+
+def build_network(name: str, data: SSLData) -> nn.Module:
+    """Instantiate a registered network for `data` (classes and input channels)."""
+    discover_all()
+    factory = NETWORKS.get(name)
+    in_channels = data.train_x.shape[1] if data.train_x.ndim == 4 else 0
+    return factory(data.num_classes, in_channels) if in_channels else factory(data.num_classes)
+
+
+def config_summary(cfg: Config) -> str:
+    t = cfg.train
+    return (f"algo={t.algo} dataset={t.dataset} net={t.net} steps={t.steps} batch={t.batch_size} "
+            f"mu={t.uratio} lr={t.lr} wd={t.weight_decay} seed={t.seed} "
+            f"algo_cfg={dataclasses.asdict(cfg.algo) if cfg.algo is not None else {}}")

@@ -1,0 +1,96 @@
+"""Atomic checkpoints (`last.pt`, `best.pt`) and loading a run back from one."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_kd.config import Config
+from ssl_kd.data.types import SSLData
+from ssl_kd.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint file or a run folder (then its checkpoints/last.pt)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {p}. Give a run folder (runs/<name>) or its checkpoints/last.pt; "
+            "a run writes its first checkpoint at its first evaluation."
+        )
+    return p
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    p = resolve_checkpoint(path)
+    try:
+        state = torch.load(p, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"checkpoint {p} is corrupt or not a ssl_kd checkpoint ({err}); use another checkpoint, e.g. best.pt")
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {p} is not a ssl_kd checkpoint of format {FORMAT_VERSION}; it cannot be resumed or evaluated")
+    return state
+
+
+def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path | str) -> None:
+    """load_state_dict with an error that names the checkpoint and the likely cause."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"{what} in {path} does not fit the configured network ({first}); "
+            "use the same --net and dataset as the run that wrote it"
+        )
+
+
+@dataclass
+class LoadedRun:
+    """A finished or interrupted run, rebuilt for evaluation or explanation."""
+
+    cfg: Config
+    data: SSLData
+    model: nn.Module
+    ema_model: nn.Module | None
+    run_dir: Path
+    step: int
+    state: dict[str, Any]
+
+
+def load_run(path: str | Path, device: str = "auto", data_dir: str = "") -> LoadedRun:
+    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder)."""
+    from ssl_kd.run import build_data, build_network, config_from_dict, pick_device
+
+    ckpt = resolve_checkpoint(path)
+    dev = pick_device(device)
+    state = load_checkpoint(ckpt, dev)
+    cfg = config_from_dict(state["config"])
+    if data_dir:
+        cfg.train.data_dir = data_dir
+    data = build_data(cfg).to(dev)
+    model = build_network(cfg.train.net, data).to(dev)
+    load_module_state(model, state["model"], "model", ckpt)
+    ema_model = None
+    if state.get("ema") is not None:
+        ema_model = build_network(cfg.train.net, data).to(dev)
+        load_module_state(ema_model, state["ema"], "EMA model", ckpt)
+    model.eval()
+    return LoadedRun(cfg, data, model, ema_model, ckpt.parent.parent, int(state["step"]), state)

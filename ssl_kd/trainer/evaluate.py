@@ -1,0 +1,58 @@
+"""Test metrics of a classifier: top-1, top-5, balanced accuracy, macro-F1, per-class accuracy (percent)."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_kd.augment.views import make_view
+from ssl_kd.data.types import AugPolicy
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, policy: AugPolicy | None, batch_size: int,
+            autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and features of `model` (in eval mode) over `x`, in batches."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    for start in range(0, x.shape[0], batch_size):
+        with autocast():
+            lg, ft = model(make_view("none", x[start:start + batch_size], policy))
+        logits.append(lg.float())
+        feats.append(ft.float())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(feats)
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Metrics from logits; classes absent from `y` are left out of balanced accuracy and F1."""
+    pred = logits.argmax(-1)
+    k = min(5, num_classes)
+    top5 = (logits.topk(k, dim=-1).indices == y[:, None]).any(-1).float().mean()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=y.device)
+    confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    support = confusion.sum(1).float()
+    predicted = confusion.sum(0).float()
+    tp = confusion.diag().float()
+    present = support > 0
+    recall = tp / support.clamp(min=1)
+    precision = tp / predicted.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {
+        "top1": 100.0 * (pred == y).float().mean().item(),
+        "top5": 100.0 * top5.item(),
+        "balanced_acc": 100.0 * recall[present].mean().item(),
+        "macro_f1": 100.0 * f1[present].mean().item(),
+        "loss": F.cross_entropy(logits, y).item(),
+        "per_class": [round(100.0 * r, 2) for r in recall.tolist()],
+    }
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPolicy | None, num_classes: int,
+             batch_size: int = 1024, autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
+    logits, _ = predict(model, x, policy, batch_size, autocast)
+    return classification_metrics(logits, y, num_classes)

@@ -1,0 +1,26 @@
+"""FixMatch's learning-rate schedule: lr * cos(cycles * pi * k / K), with optional linear warm-up."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, cycles: float, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, math.cos(math.pi * cycles * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
+    """SGD with weight decay on weights only (FixMatch excludes biases and BN parameters)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)

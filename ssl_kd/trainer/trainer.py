@@ -1,0 +1,249 @@
+"""The one training loop every algorithm runs in.
+
+The algorithm computes a loss from a batch of views; the trainer owns sampling, augmentation,
+backward, optimiser and scheduler, EMA, AMP, compile, evaluation, checkpoints, TensorBoard and
+the progress bar. A run is resumable exactly: checkpoints hold every piece of state, RNGs included.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ssl_kd.algorithm import Algorithm, Batch, Context
+from ssl_kd.augment.views import make_view
+from ssl_kd.config import Config
+from ssl_kd.data.sampler import InfiniteSampler
+from ssl_kd.data.types import SSLData
+from ssl_kd.errors import CheckpointError, ConfigError
+from ssl_kd.run import algorithm_class, build_network
+from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from ssl_kd.trainer.ema import make_ema, update_ema
+from ssl_kd.trainer.evaluate import evaluate
+from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer.schedule import cosine_schedule, make_optimizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data: SSLData, device: torch.device, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.run_dir = run_dir
+        t = cfg.train
+        seed_everything(t.seed)
+        self.data = data.to(device)
+        self.model = build_network(t.net, self.data).to(device)
+        if device.type == "cuda" and t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema_model = make_ema(self.model) if t.ema > 0 else None
+        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = make_optimizer(self.model, t.lr, t.momentum, t.nesterov, t.weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, t.steps, t.cosine_cycles, t.warmup_steps)
+        algo_cls = algorithm_class(t.algo)
+        ctx = Context(
+            num_classes=data.num_classes, total_steps=t.steps, device=device, data=self.data, train_cfg=t,
+            ema_model=self.ema_model, make_net=lambda name: build_network(name, self.data).to(device),
+            autocast=self.autocast,
+        )
+        self.algorithm: Algorithm = algo_cls(self.forward_model, cfg.algo, ctx)
+        if self.algorithm.needs_unlabelled and not self.data.has_unlabelled:
+            raise ConfigError(
+                f"algorithm {t.algo!r} needs unlabelled data but dataset {t.dataset!r} is fully labelled; "
+                f"use a preset with a label count such as {t.dataset.split('_')[0]}_<labels>, or a supervised/KD algorithm"
+            )
+        self.labelled = InfiniteSampler(self.data.labelled_idx, t.batch_size, seed=t.seed)
+        self.unlabelled = (
+            InfiniteSampler(self.data.unlabelled_idx, t.batch_size * t.uratio, seed=t.seed + 1)
+            if self.algorithm.needs_unlabelled else None
+        )
+        self.step = 0
+        self.wall_s = 0.0
+
+    # ----- pieces of one step -------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.cfg.train.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def views(self, idx: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        x = self.data.train_x[idx]
+        out = {name: make_view(name, x, self.data.policy) for name in names}
+        if self.device.type == "cuda" and self.cfg.train.channels_last:
+            out = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in out.items()}
+        return out
+
+    def next_batch(self) -> Batch:
+        idx_l = next(self.labelled)
+        batch = Batch(x_l=self.views(idx_l, self.algorithm.labelled_views), y_l=self.data.train_y[idx_l], idx_l=idx_l)
+        if self.unlabelled is not None:
+            idx_u = next(self.unlabelled)
+            batch.x_u = self.views(idx_u, self.algorithm.unlabelled_views)
+            batch.idx_u = idx_u
+        return batch
+
+    def train_one_step(self) -> tuple[dict[str, Any], Any]:
+        batch = self.next_batch()
+        self.model.train()
+        self.algorithm.step = self.step
+        with self.autocast():
+            out = self.algorithm.train_step(batch)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"loss became {out.loss.item()} at step {self.step}; lower train.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema_model is not None:
+            update_ema(self.ema_model, self.model, self.cfg.train.ema)
+        self.algorithm.after_step()
+        logs = {"loss/total": out.loss.detach(), **out.logs}
+        if out.pseudo_labels is not None and batch.idx_u is not None:
+            truth = self.data.train_y[batch.idx_u]
+            correct = (out.pseudo_labels == truth).float()
+            logs["train/pseudo_label_acc"] = 100.0 * correct.mean()
+            if out.mask is not None:
+                logs["train/mask_ratio"] = out.mask.float().mean()
+                logs["train/masked_pseudo_label_acc"] = 100.0 * (correct * out.mask).sum() / out.mask.sum().clamp(min=1)
+        return logs, out
+
+    # ----- evaluation and checkpoints ---------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        d, t = self.data, self.cfg.train
+        row: dict[str, Any] = {"step": self.step}
+        models = {"": self.model, "ema_": self.ema_model, "algo_": self.algorithm.eval_model()}
+        for prefix, model in models.items():
+            if model is None:
+                continue
+            metrics = evaluate(model, d.test_x, d.test_y, d.policy, d.num_classes, t.eval_batch_size, self.autocast)
+            row.update({f"{prefix}{k}": v for k, v in metrics.items()})
+            if d.val_idx.numel() > 0:
+                val = evaluate(model, d.train_x[d.val_idx], d.train_y[d.val_idx], d.policy, d.num_classes, t.eval_batch_size, self.autocast)
+                row[f"{prefix}val_top1"] = val["top1"]
+        return row
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "wall_s": self.wall_s,
+            "model": self.model.state_dict(),
+            "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            "samplers": {"labelled": self.labelled.state_dict(),
+                         "unlabelled": self.unlabelled.state_dict() if self.unlabelled else None},
+            "rng": rng_state(),
+        }
+
+    def save(self, name: str = "last.pt") -> None:
+        save_checkpoint(self.state(), self.run_dir / "checkpoints" / name)
+
+    def load(self, path: str | Path) -> None:
+        """Restore every piece of state from a checkpoint of the same configuration."""
+        state = load_checkpoint(path, self.device)
+        saved = state["config"]["train"]
+        for key in ("algo", "dataset", "net"):
+            if saved[key] != getattr(self.cfg.train, key):
+                raise CheckpointError(f"checkpoint {path} was written by a run with {key}={saved[key]!r}, "
+                                      f"not {getattr(self.cfg.train, key)!r}; resume with the run's own config")
+        load_module_state(self.model, state["model"], "model", path)
+        if self.ema_model is not None and state["ema"] is not None:
+            load_module_state(self.ema_model, state["ema"], "EMA model", path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.labelled.load_state_dict(state["samplers"]["labelled"])
+        if self.unlabelled is not None:
+            self.unlabelled.load_state_dict(state["samplers"]["unlabelled"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.wall_s = float(state.get("wall_s", 0.0))
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def fit(self, logger: RunLogger) -> dict[str, Any]:
+        """Train up to `train.steps`. Ctrl-C or SIGTERM stops after the current step and saves
+        `last.pt` there (a second Ctrl-C stops at once), so an interrupted run resumes exactly."""
+        t = self.cfg.train
+        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc=t.algo)
+        last_eval: dict[str, Any] = {}
+        with StopRequest() as stop:
+            while self.step < t.steps and not stop.requested:
+                start = time.perf_counter()
+                logs, out = self.train_one_step()
+                self.step += 1
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    scalars = {k: float(v) for k, v in logs.items()}
+                    scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
+                    scalars["time/step_s"] = time.perf_counter() - start
+                    logger.scalars(scalars, self.step)
+                    for key, values in out.histograms.items():
+                        logger.histogram(key, values, self.step)
+                    bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", acc=f"{last_eval.get(logger.eval_key, 0.0):.1f}")
+                self.wall_s += time.perf_counter() - start
+                bar.update(1)
+                if self.step % t.eval_every == 0 or self.step == t.steps:
+                    last_eval = self.evaluate()
+                    if logger.evaluation(last_eval):
+                        self.save("best.pt")
+                    self.save()
+                elif t.save_every and self.step % t.save_every == 0:
+                    self.save()
+        bar.close()
+        if stop.requested:
+            self.save()
+            raise KeyboardInterrupt(f"stopped at step {self.step}")
+        return last_eval
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag checked between steps; restores the handlers on exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signum, self._old[signum])  # a second signal acts at once
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
