@@ -12,19 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssl_kd.data.family import DatasetFamily, RawData, register_dataset
+from ssl_kd.data.family import FIXMATCH_PROTOCOL, DatasetFamily, RawData, register_dataset
 from ssl_kd.data.paths import corrupt_file_error, ensure_files
 from ssl_kd.data.types import AugPolicy
-
-CIFAR_PROTOCOL: dict[str, Any] = {
-    "net": "wrn28_2",
-    "steps": 2**20,
-    "batch_size": 64,
-    "uratio": 7,
-    "weight_decay": 5e-4,
-    "eval_every": 5000,
-}
-
 
 def read_pickle(path: Path) -> dict[bytes, Any]:
     """One release pickle with its Python-2 byte-string keys, or a DataError naming the file."""
@@ -95,7 +85,7 @@ register_dataset(
         num_classes=10,
         policy=AugPolicy(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), flip=True),
         load=load_cifar10,
-        protocol=dict(CIFAR_PROTOCOL),
+        protocol=dict(FIXMATCH_PROTOCOL),
         presets=(40, 250, 4000),
         description="CIFAR-10: 50k train / 10k test 32x32 colour images, 10 classes",
     )
@@ -107,7 +97,7 @@ register_dataset(
         num_classes=100,
         policy=AugPolicy(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), flip=True),
         load=load_cifar100,
-        protocol={**CIFAR_PROTOCOL, "net": "wrn28_8", "weight_decay": 1e-3},
+        protocol={**FIXMATCH_PROTOCOL, "net": "wrn28_8", "weight_decay": 1e-3},
         presets=(400, 2500, 10000),
         description="CIFAR-100: 50k train / 10k test 32x32 colour images, 100 fine classes",
     )

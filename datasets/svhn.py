@@ -7,7 +7,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from ssl_kd.data.family import DatasetFamily, RawData, register_dataset
+from ssl_kd.data.family import FIXMATCH_PROTOCOL, DatasetFamily, RawData, register_dataset
 from ssl_kd.data.paths import corrupt_file_error, ensure_files
 from ssl_kd.data.types import AugPolicy
 
@@ -55,14 +55,7 @@ register_dataset(
         num_classes=10,
         policy=AugPolicy(mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), flip=False),
         load=load_svhn,
-        protocol={
-            "net": "wrn28_2",
-            "steps": 2**20,
-            "batch_size": 64,
-            "uratio": 7,
-            "weight_decay": 5e-4,
-            "eval_every": 5000,
-        },
+        protocol=dict(FIXMATCH_PROTOCOL),
         presets=(40, 250, 1000),
         description="SVHN: 73k train / 26k test 32x32 house-number digits, 10 classes (no extra set)",
     )

@@ -16,6 +16,17 @@ from ssl_kd.data.types import AugPolicy
 from ssl_kd.registry import DATASETS
 
 
+# The FixMatch protocol (Sohn et al. 2020) shared by the CIFAR and SVHN presets.
+FIXMATCH_PROTOCOL: dict[str, Any] = {
+    "net": "wrn28_2",
+    "steps": 2**20,
+    "batch_size": 64,
+    "uratio": 7,
+    "weight_decay": 5e-4,
+    "eval_every": 5000,
+}
+
+
 @dataclass
 class RawData:
     """A family's full training and test sets, before splitting."""
