@@ -25,7 +25,11 @@ def load_plugin(spec: str) -> None:
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
-            module_spec.loader.exec_module(module)
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]  # no half-imported plug-in left behind
+                raise
         else:
             importlib.import_module(spec)
     except ConfigError as err:

@@ -1,0 +1,95 @@
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017): the student learns from labelled
+cross-entropy plus a consistency cost, the mean squared difference between its softmax on one
+weak view of an unlabelled image and the softmax of its EMA teacher on another weak view.
+
+The teacher is an exponential moving average of the student's weights, kept here (not the
+trainer's evaluation EMA) so it follows the paper's schedule whatever `train.ema` is: decay 0.99
+while the consistency weight ramps up and 0.999 after, capped at 1 - 1/(step+1) at the start as
+in the authors' PyTorch code. It never receives gradients: its forward runs under no_grad and
+its parameters have requires_grad False. Only the student side of the cost is differentiable,
+which is what USB twice got wrong (it compared a detached tensor with itself, so the consistency
+loss trained nothing and its Mean Teacher equalled its supervised baseline).
+
+Defaults from the paper's code: consistency weight 100 (MSE averaged over classes), sigmoid
+ramp-up exp(-5(1-t)^2) over the first 40k of 150k steps (27% of training). The teacher runs in
+train mode (batch statistics), as in the authors' code; its BatchNorm buffers follow the student's.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_kd.algorithm import Algorithm, Batch, StepOutput
+from ssl_kd.components import forward_concat
+from ssl_kd.ramps import sigmoid_rampup
+from ssl_kd.registry import register_algorithm
+from ssl_kd.trainer.ema import update_ema
+
+
+@dataclass
+class MeanTeacherConfig:
+    lambda_u: float = 100.0  # final consistency weight (paper: max_consistency_cost 100)
+    rampup_fraction: float = 0.27  # sigmoid ramp-up over this fraction of train.steps (paper: 40k of 150k)
+    ema_rampup: float = 0.99  # teacher EMA decay during the ramp-up
+    ema: float = 0.999  # teacher EMA decay after the ramp-up
+
+
+@register_algorithm("meanteacher")
+class MeanTeacher(Algorithm):
+    Config = MeanTeacherConfig
+    labelled_views = ("weak",)
+    unlabelled_views = ("weak", "weak_2")
+
+    def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(model, cfg, ctx)
+        self.student = getattr(model, "_orig_mod", model)  # the plain module under torch.compile
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def rampup_steps(self) -> float:
+        return self.cfg.rampup_fraction * self.ctx.total_steps
+
+    def consistency_weight(self) -> float:
+        return self.cfg.lambda_u * sigmoid_rampup(self.step, self.rampup_steps)
+
+    def teacher_decay(self) -> float:
+        decay = self.cfg.ema_rampup if self.step < self.rampup_steps else self.cfg.ema
+        return min(1.0 - 1.0 / (self.step + 1), decay)
+
+    def consistency_loss(self, student_logits: torch.Tensor, teacher_input: torch.Tensor) -> torch.Tensor:
+        """Mean over examples and classes of (softmax(student) - softmax(teacher))^2."""
+        self.teacher.train()
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher(teacher_input)
+        teacher_probs = torch.softmax(teacher_logits.float(), dim=-1)
+        return F.mse_loss(torch.softmax(student_logits.float(), dim=-1), teacher_probs)
+
+    def train_step(self, batch: Batch) -> StepOutput:
+        (lx, _), (lu, _) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"])
+        sup = F.cross_entropy(lx.float(), batch.y_l)
+        unsup = self.consistency_loss(lu, batch.x_u["weak_2"])
+        weight = self.consistency_weight()
+        return StepOutput(
+            loss=sup + weight * unsup,
+            logs={"loss/sup": sup.detach(), "loss/unsup": unsup.detach(), "train/consistency_weight": weight},
+        )
+
+    def after_step(self) -> None:
+        update_ema(self.teacher, self.student, self.teacher_decay())
+
+    def eval_model(self) -> nn.Module:
+        return self.teacher
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "teacher" not in state:
+            raise ValueError(f"a meanteacher checkpoint holds its teacher's weights; this one holds {sorted(state)}")
+        self.teacher.load_state_dict(state["teacher"])
