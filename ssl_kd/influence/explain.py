@@ -1,0 +1,198 @@
+"""Which training examples helped or hurt a model: ranking by influence and a report with pictures.
+
+The ranking reuses the head-restricted machinery of the weighter (static schedule): training
+examples are scored against the mean validation loss, or against one chosen test example.
+Labelled examples are scored with their (possibly flipped) labels, the others with the model's
+own predictions as pseudo-labels (what FixMatch-style training used; a teacher-student run used
+its teacher's targets instead).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ssl_kd.data.types import SSLData
+from ssl_kd.errors import ConfigError
+from ssl_kd.influence.errors import InfluenceError
+from ssl_kd.influence.weighter import InfluenceConfig, InfluenceWeighter
+from ssl_kd.influence.weights import finalise
+from ssl_kd.trainer.evaluate import predict
+
+SPLITS = ("all", "labelled", "unlabelled")
+
+
+@dataclass
+class Ranking:
+    """Every ranked training example's influence; rows in the order of `indices`."""
+
+    indices: Tensor  # dataset indices into data.train_x
+    scores: Tensor  # I(z); < 0 helps
+    weights: Tensor  # the weighter's map of the scores, mean 1
+    labels: Tensor  # stored labels (flipped ones included; ground truth for unlabelled data)
+    targets: Tensor  # what the loss used: the label if labelled, else the pseudo-label
+    pseudo_labels: Tensor  # the model's prediction
+    labelled: Tensor  # bool
+    flipped: Tensor  # bool: label flipped by the noise probe
+    reference: str  # what the influence is measured on
+
+    def order(self) -> Tensor:
+        """Row positions from most helpful (most negative score) to most harmful."""
+        return torch.argsort(self.scores)
+
+
+def training_split(data: SSLData, split: str) -> tuple[Tensor, Tensor]:
+    """(dataset indices, labelled mask) of the examples to rank."""
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} is unknown; choose one of {', '.join(SPLITS)}")
+    labelled = data.labelled_idx.cpu()
+    pools = {"labelled": [labelled], "unlabelled": [data.unlabelled_idx.cpu()], "all": [labelled, data.unlabelled_idx.cpu()]}
+    idx = torch.unique(torch.cat(pools[split]))
+    if split == "unlabelled":
+        idx = idx[~torch.isin(idx, labelled)]
+    if idx.numel() == 0:
+        raise InfluenceError(f"the {split!r} split of {data.name} is empty; choose another --split")
+    return idx, torch.isin(idx, labelled)
+
+
+def rank_training_examples(
+    model: nn.Module, data: SSLData, test_index: int | None = None, split: str = "all",
+    cfg: InfluenceConfig | None = None, limit: int = 0, batch_size: int = 512, seed: int = 0,
+) -> Ranking:
+    """Score training examples by influence on the validation split (or the labelled split if the
+    dataset has none), or on test example `test_index`. `limit` > 0 ranks a seeded random subset.
+    Inputs go through the evaluation path (`predict`: un-augmented, normalised, eval mode)."""
+    if test_index is not None:
+        if not 0 <= test_index < data.test_x.shape[0]:
+            raise ConfigError(f"--test-index {test_index} is out of range: {data.name} has {data.test_x.shape[0]} test examples")
+        ref_x, ref_y = data.test_x[test_index:test_index + 1], data.test_y[test_index:test_index + 1]
+    else:
+        ref_idx = data.val_idx if data.val_idx.numel() > 0 else data.labelled_idx
+        ref_x, ref_y = data.train_x[ref_idx], data.train_y[ref_idx]
+    idx, labelled = training_split(data, split)
+    if 0 < limit < idx.numel():
+        keep = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        idx, labelled = idx[keep], labelled[keep]
+    if not hasattr(model, "head") or not isinstance(model.head, nn.Linear):
+        raise InfluenceError("the model has no `head` nn.Linear: explanations need a network following ssl_kd.nets.base.Classifier")
+    device = next(model.parameters()).device
+    logits, features = predict(model, data.train_x[idx.to(data.train_x.device)].to(device), data.policy, batch_size)
+    ref_logits, ref_features = predict(model, ref_x.to(device), data.policy, batch_size)
+    if test_index is not None:
+        reference = (f"test example {test_index} (label {_name(data, int(ref_y[0]))}, "
+                     f"predicted {_name(data, int(ref_logits[0].argmax()))})")
+    else:
+        reference = f"the {'validation' if data.val_idx.numel() > 0 else 'labelled'} split ({ref_x.shape[0]} examples)"
+    labels = data.train_y[idx.to(data.train_y.device)].to(device)
+    pseudo = logits.argmax(1)
+    targets = torch.where(labelled.to(device), labels, pseudo)
+    base = cfg or InfluenceConfig()
+    weighter = InfluenceWeighter(dataclasses.replace(base, schedule="static", warmup_steps=0, ema=0.0))
+    dev_idx = idx.to(device)
+    scores = weighter.fit_static(model.head, ref_features, ref_y.to(device), features, targets, dev_idx)
+    assert weighter.table is not None
+    weights = finalise(weighter.table[dev_idx], base.renormalise, base.min_weight, base.max_weight)
+    flipped = torch.zeros_like(labelled)
+    if data.noisy_idx is not None:
+        flipped = torch.isin(idx, data.noisy_idx.cpu())
+    return Ranking(idx, scores.cpu(), weights.cpu(), labels.cpu(), targets.cpu(), pseudo.cpu(), labelled, flipped, reference)
+
+
+def _name(data: SSLData, label: int) -> str:
+    return data.class_names[label] if label < len(data.class_names) else str(label)
+
+
+def _grid_figure(data: SSLData, ranking: Ranking, top: int) -> Any:
+    """Most helpful (top block) and most harmful (bottom block) images with their annotations."""
+    from matplotlib.figure import Figure
+
+    order = ranking.order()
+    k = min(top, order.numel())
+    blocks = [("most helpful", order[:k]), ("most harmful", order.flip(0)[:k])]
+    cols = min(8, k)
+    rows_per_block = math.ceil(k / cols)
+    fig = Figure(figsize=(2.0 * cols, 2.3 * 2 * rows_per_block + 0.6))
+    fig.suptitle(f"influence on {ranking.reference} (I < 0 helps)")
+    for b, (title, rows) in enumerate(blocks):
+        for j, r in enumerate(rows.tolist()):
+            ax = fig.add_subplot(2 * rows_per_block, cols, b * rows_per_block * cols + j + 1)
+            img = data.train_x[int(ranking.indices[r])].cpu()
+            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            kind = "label" if ranking.labelled[r] else "true"
+            flip = " FLIPPED" if ranking.flipped[r] else ""
+            ax.set_title(f"{title if j == 0 else ''}\n#{int(ranking.indices[r])} {kind} {_name(data, int(ranking.labels[r]))}"
+                         f" pl {_name(data, int(ranking.pseudo_labels[r]))}{flip}\nI={float(ranking.scores[r]):.2e}"
+                         f" w={float(ranking.weights[r]):.2f}", fontsize=7, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def _histogram_figure(ranking: Ranking) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    groups = [("labelled", ranking.labelled & ~ranking.flipped), ("pseudo-labelled", ~ranking.labelled),
+              ("flipped label", ranking.flipped)]
+    present = [(name, mask) for name, mask in groups if mask.any()]
+    ax.hist([ranking.weights[mask].numpy() for _, mask in present], bins=40, stacked=True,
+            label=[f"{name} ({int(mask.sum())})" for name, mask in present])
+    ax.set_xlabel("influence weight")
+    ax.set_ylabel("examples")
+    ax.set_title(f"weights from influence on {ranking.reference}")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def write_csv(path: Path, data: SSLData, ranking: Ranking) -> None:
+    """One row per ranked example, most helpful first."""
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "score", "weight"])
+        for rank, r in enumerate(ranking.order().tolist()):
+            out.writerow([
+                rank, int(ranking.indices[r]), "labelled" if ranking.labelled[r] else "unlabelled",
+                _name(data, int(ranking.labels[r])), _name(data, int(ranking.targets[r])),
+                _name(data, int(ranking.pseudo_labels[r])), int(ranking.flipped[r]),
+                f"{float(ranking.scores[r]):.6e}", f"{float(ranking.weights[r]):.6f}",
+            ])
+
+
+def write_report(
+    model: nn.Module, data: SSLData, out_dir: str | Path, test_index: int | None = None, top: int = 32,
+    split: str = "all", writer: Any = None, cfg: InfluenceConfig | None = None, limit: int = 0,
+    batch_size: int = 512,
+) -> dict[str, Path]:
+    """Rank, then write a CSV of every example, a weight histogram, and (for images) a PNG grid of
+    the `top` most helpful and most harmful examples into `out_dir`; the same figures go to a
+    TensorBoard SummaryWriter if given. Returns the written paths by kind."""
+    if top < 1:
+        raise ConfigError(f"--top {top}: show at least one example per side")
+    ranking = rank_training_examples(model, data, test_index, split, cfg, limit, batch_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "val" if test_index is None else f"test{test_index}"
+    paths = {"csv": out / f"influence_{tag}.csv", "histogram": out / f"weights_{tag}.png"}
+    write_csv(paths["csv"], data, ranking)
+    figures = {"histogram": _histogram_figure(ranking)}
+    if data.train_x.dim() == 4 and data.train_x.dtype == torch.uint8:
+        figures["grid"] = _grid_figure(data, ranking, top)
+        paths["grid"] = out / f"influence_{tag}.png"
+    for kind, fig in figures.items():
+        fig.savefig(paths[kind], dpi=110)
+        if writer is not None:
+            writer.add_figure(f"explain/{tag}/{kind}", fig)
+    if writer is not None:
+        writer.add_histogram(f"explain/{tag}/weights", ranking.weights)
+        writer.add_histogram(f"explain/{tag}/scores", ranking.scores)
+        writer.flush()
+    return paths

@@ -1,0 +1,92 @@
+"""The explanation report: files written for a tiny model, and the tools/explain.py entry point."""
+import csv
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_kd.errors import ConfigError
+from ssl_kd.influence import rank_training_examples, write_report
+from ssl_kd.influence.toy import TinyMLP, digits_ssl_data
+from tests.conftest import quick_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("explain_tool", ROOT / "tools" / "explain.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    data = digits_ssl_data(num_labelled=40, num_val=30)
+    data.noisy_idx = data.labelled_idx[:4]
+    return TinyMLP(hidden=8), data
+
+
+def test_ranking_orders_and_labels(tiny):
+    model, data = tiny
+    ranking = rank_training_examples(model, data, split="all", limit=200)
+    assert ranking.indices.numel() == 200
+    assert torch.all(ranking.scores[ranking.order()][:-1] <= ranking.scores[ranking.order()][1:])
+    assert float(ranking.weights.mean()) == pytest.approx(1.0, rel=1e-4)
+    lab = ranking.labelled
+    assert torch.equal(ranking.targets[lab], ranking.labels[lab])
+    assert torch.equal(ranking.targets[~lab], ranking.pseudo_labels[~lab])
+    one = rank_training_examples(model, data, test_index=3, split="labelled")
+    assert one.reference.startswith("test example 3 (label") and one.indices.numel() == 40 and int(one.flipped.sum()) == 4
+    with pytest.raises(ConfigError, match="out of range"):
+        rank_training_examples(model, data, test_index=10_000)
+
+
+def test_report_files_written(tiny, tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    model, data = tiny
+    writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
+    paths = write_report(model, data, tmp_path / "explain", top=5, split="labelled", writer=writer)
+    writer.close()
+    assert set(paths) == {"csv", "histogram", "grid"}
+    for path in paths.values():
+        assert path.exists() and path.stat().st_size > 0
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and sum(int(r["flipped"]) for r in rows) == 4
+    assert float(rows[0]["score"]) <= float(rows[-1]["score"])
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_explain_tool_end_to_end(tiny, tmp_path, monkeypatch, capsys):
+    """tools/explain.py against the trainer's `load_run(path, device, data_dir)` (stubbed: no run here)."""
+    model, data = tiny
+    run = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(weight_decay=5e-4)),
+                                data=data, model=model, ema_model=None, run_dir=tmp_path)
+    checkpoint = types.ModuleType("ssl_kd.trainer.checkpoint")
+    checkpoint.load_run = lambda path, device, data_dir: run
+    monkeypatch.setitem(sys.modules, "ssl_kd.trainer.checkpoint", checkpoint)
+    tool = load_tool()
+    assert tool.main(["--ckpt", "x.pt", "--test-index", "2", "--top", "4", "--device", "cpu", "--split", "labelled"]) == 0
+    assert (tmp_path / "explain" / "influence_test2.png").exists()
+    assert "influence_test2.csv" in capsys.readouterr().out
+    assert tool.main(["--ckpt", "x.pt", "--test-index", "99999", "--device", "cpu", "--no-tensorboard"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_explain_tool_on_a_real_run(tmp_path, run_cli, capsys):
+    """A two-step digits run written by the trainer, explained through the real `load_run`."""
+    run_dir = tmp_path / "run"
+    code, _ = run_cli(quick_args(run_dir, "fixmatch", 2))
+    assert code == 0
+    tool = load_tool()
+    assert tool.main(["--ckpt", str(run_dir), "--top", "3", "--device", "cpu", "--split", "labelled"]) == 0
+    out = capsys.readouterr().out
+    assert str(run_dir / "explain" / "influence_val.csv") in out
+    assert (run_dir / "explain" / "influence_val.png").exists()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))

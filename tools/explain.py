@@ -1,0 +1,70 @@
+"""Explain a run: which training examples helped or hurt its model, by influence.
+
+    python tools/explain.py --ckpt runs/<run>/checkpoints/last.pt [--test-index N] [--top 32]
+
+Writes into <run>/explain/ a PNG grid of the most helpful and most harmful training images (with
+labels, pseudo-labels, scores and weights), a weight histogram and a CSV of every example's
+score and weight; the figures also go to the run's TensorBoard log (<run>/tb, tags explain/...).
+Prints where they are.
+Influence is measured on the validation split (the labelled split if there is none), or on one
+test example with --test-index. Sign: I < 0 helps (see ssl_kd.influence).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ssl_kd.errors import SSLKDError
+from ssl_kd.influence import InfluenceConfig, write_report
+from ssl_kd.influence.explain import SPLITS
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a checkpoint of a run, e.g. runs/x/checkpoints/last.pt")
+    parser.add_argument("--test-index", type=int, default=None, help="explain this test example instead of the validation loss")
+    parser.add_argument("--top", type=int, default=32, help="examples shown per side (helpful, harmful)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--data-dir", default="", help="where the run's dataset is (default: as the run was trained)")
+    parser.add_argument("--split", choices=SPLITS, default="all", help="which training examples to rank")
+    parser.add_argument("--model", choices=("ema", "model"), default="ema", help="the EMA model (if the run has one) or the raw one")
+    parser.add_argument("--limit", type=int, default=0, help="rank a seeded random subset of this many examples (0: all)")
+    parser.add_argument("--out", default="", help="output folder (default: <run>/explain)")
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not write the figures to TensorBoard")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from ssl_kd.trainer.checkpoint import load_run
+
+        run = load_run(args.ckpt, args.device, args.data_dir)
+        model = run.ema_model if args.model == "ema" and run.ema_model is not None else run.model
+        run_dir = Path(run.run_dir)
+        out = Path(args.out) if args.out else run_dir / "explain"
+        # the head's L2 penalty is part of the curvature the run trained with
+        cfg = InfluenceConfig(weight_decay=float(getattr(run.cfg.train, "weight_decay", 0.0)))
+        writer = None
+        if not args.no_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        try:
+            paths = write_report(model, run.data, out, args.test_index, args.top, args.split, writer, cfg, args.limit)
+        finally:
+            if writer is not None:
+                writer.close()
+    except SSLKDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for kind, path in paths.items():
+        print(f"{kind:>9}: {path}")
+    if writer is not None:
+        print(f"tensorboard: {run_dir / 'tb'} (tags explain/...)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
