@@ -6,7 +6,7 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	$(PY) tools/train.py --algo fixmatch
+	$(PY) tools/train.py --algo kdaif --compare supervised
 
 test: setup
 	@# pytest exits 5 when it collects no tests: report it instead of failing

@@ -42,7 +42,10 @@ class StepOutput:
 
     `loss` is backpropagated by the trainer into the model's optimiser. `logs` are scalars for
     the progress bar and TensorBoard (`loss/...`, `train/...`). `pseudo_labels` and `mask`
-    (one per unlabelled example) let the trainer log pseudo-label accuracy and the mask ratio.
+    (one per unlabelled example) let the trainer log pseudo-label accuracy and the mask ratio;
+    `weights` (detached per-unlabelled-example loss weights, e.g. influence weights) add the
+    pseudo-label accuracy weighted by them, which rises above the plain one when the weights favour
+    correct pseudo-labels. `histograms` are logged as TensorBoard histograms.
     """
 
     loss: torch.Tensor
@@ -50,6 +53,7 @@ class StepOutput:
     pseudo_labels: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     histograms: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -93,6 +97,11 @@ class Algorithm:
     def eval_model(self) -> nn.Module | None:
         """An extra network to evaluate besides the model and its EMA (e.g. a teacher), or None."""
         return None
+
+    def eval_metrics(self) -> dict[str, float]:
+        """Extra figures recorded with every evaluation in metrics.jsonl (e.g. how well the
+        algorithm's weights find flipped labels); called by the trainer, never during a step."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """All state beyond the model, its EMA and its optimiser (teachers, thresholds, caches)."""

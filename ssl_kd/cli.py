@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -14,7 +15,7 @@ from ssl_kd.config import Config
 from ssl_kd.errors import ConfigError, SSLKDError
 from ssl_kd.plugins import load_plugins
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
-from ssl_kd.run import build_data, config_from_dict, config_summary, pick_device, resolve_config
+from ssl_kd.run import algorithm_class, build_data, config_from_dict, config_summary, pick_device, resolve_config
 from ssl_kd.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from ssl_kd.trainer.logger import RunLogger
 from ssl_kd.trainer.trainer import Trainer
@@ -44,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--uratio", type=int, help="mu: unlabelled batch = uratio * batch size")
     p.add_argument("--lr", type=float)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--teacher-ckpt", metavar="RUN_OR_CKPT",
+                   help="teacher-student algorithms (kd, kdaif): the trained teacher (same as --set algo.teacher_ckpt=...)")
+    p.add_argument("--teacher-net", help="teacher-student algorithms: the teacher's network (same as --set algo.teacher_net=...)")
+    p.add_argument("--compare", metavar="ALGO",
+                   help="afterwards train ALGO with the same settings and budget, and print both results side by side")
     p.add_argument("--resume", metavar="RUN_OR_CKPT", help="resume a run folder or checkpoint exactly")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
                    help="a Python file or importable module registering extra algorithms/datasets/networks")
@@ -78,6 +84,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
     if args.resume:
         ckpt = resolve_checkpoint(args.resume)
         extra = sorted(set(flags) - set(RESUME_OVERRIDABLE))
+        extra += [k for k in ("teacher_ckpt", "teacher_net") if getattr(args, k)]
         if extra or args.set or args.config:
             raise ConfigError(f"--resume continues a run with its saved config; drop {', '.join('--' + e.replace('_', '-') for e in extra) or '--set/--config'} "
                               f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change)")
@@ -87,6 +94,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
         cfg.train.progress = cfg.train.progress and not args.no_progress
         return cfg, ckpt.parent.parent, ckpt
     yaml_content = _load_yaml(args.config) if args.config else {}
+    args.set = [*(f"algo.{k}={getattr(args, k)}" for k in ("teacher_ckpt", "teacher_net") if getattr(args, k)), *args.set]
     if args.no_progress:
         args.set = [*args.set, "train.progress=false"]
     cfg = resolve_config(yaml_content, flags, args.set)
@@ -101,8 +109,7 @@ def _load_yaml(path: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    cfg, run_dir, ckpt = prepare(args)
+def train(cfg: Config, run_dir: Path, ckpt: Path | None = None) -> dict[str, Any]:
     device = pick_device(cfg.train.device)
     data = build_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,9 +141,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(list_registered())
             return 0
-        summary = train(args)
+        if args.compare:
+            algorithm_class(args.compare)  # an unknown name fails now, not after the first run
+        cfg, run_dir, ckpt = prepare(args)
+        summary = train(cfg, run_dir, ckpt)
+        print(json.dumps(summary))
+        if args.compare:
+            compare(cfg, summary, args.compare)
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(summary))
     return 0
+
+
+def compare(cfg: Config, summary: dict[str, Any], algo: str) -> None:
+    """Train `algo` with the run's training and data settings (its own algorithm defaults) in a
+    sibling folder, and print the two results side by side."""
+    other_cfg = Config(train=dataclasses.replace(cfg.train, algo=algo, out=f"{cfg.train.out}_{algo}"), data=cfg.data,
+                       algo=algorithm_class(algo).Config())
+    other = train(other_cfg, Path(other_cfg.train.out))
+    print(json.dumps(other))
+    t = cfg.train
+    print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test top-1 (%) of the "
+          f"{'EMA' if summary['metric'] == 'ema_top1' else 'raw'} model")
+    print(f"{'algorithm':<12} {'last':>7} {'best':>7} {'median':>7} {'wall s':>8}  run folder")
+    for name, s, folder in ((t.algo, summary, t.out), (algo, other, other_cfg.train.out)):
+        print(f"{name:<12} {s['last_top1']:>7.2f} {s['best_top1']:>7.2f} {s['median_top1']:>7.2f} {s['wall_s']:>8.1f}  {folder}")

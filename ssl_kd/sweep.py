@@ -43,7 +43,16 @@ def run_one(variant: Variant, seed: int, common: list[str], out: Path) -> dict:
             tail = proc.stderr.strip().splitlines()[-3:]
             raise SSLKDError(f"run {variant.label} seed {seed} failed (exit {proc.returncode}): {' | '.join(tail)}; "
                              f"see {out / 'logs' / f'{variant.label}_s{seed}.log'}")
-    return json.loads(summary.read_text())
+    return {**json.loads(summary.read_text()), **final_metrics(run_dir)}
+
+
+def final_metrics(run_dir: Path) -> dict[str, float]:
+    """The last evaluation's numeric metrics as `final_<key>` (e.g. `final_ema_val_top1`, the
+    validation accuracy to choose settings by), so any of them can be a sweep's metric."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    last = json.loads(lines[-1]) if lines else {}
+    return {f"final_{k}": v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def sweep(variants: list[Variant], seeds: list[int], common: list[str], out: Path, jobs: int, metric: str) -> list[dict]:

@@ -6,14 +6,16 @@ import math
 import torch
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, cycles: float, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return max(0.0, math.cos(math.pi * cycles * progress))
+def cosine_factor(step: int, total_steps: int, cycles: float, warmup: int = 0) -> float:
+    """The multiplier of the base learning rate at `step` (what the optimiser uses for that step)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return max(0.0, math.cos(math.pi * cycles * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, cycles: float, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps, cycles, warmup))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:

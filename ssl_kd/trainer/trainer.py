@@ -133,6 +133,9 @@ class Trainer:
             if out.mask is not None:
                 logs["train/mask_ratio"] = out.mask.float().mean()
                 logs["train/masked_pseudo_label_acc"] = 100.0 * (correct * out.mask).sum() / out.mask.sum().clamp(min=1)
+            if out.weights is not None:
+                w = out.weights.float()
+                logs["train/weighted_pseudo_label_acc"] = 100.0 * (correct * w).sum() / w.sum().clamp(min=1e-12)
         return logs, out
 
     # ----- evaluation and checkpoints ---------------------------------------------------------
@@ -148,6 +151,7 @@ class Trainer:
             if d.val_idx.numel() > 0:
                 val = evaluate(model, d.train_x[d.val_idx], d.train_y[d.val_idx], d.policy, d.num_classes, t.eval_batch_size, self.autocast)
                 row[f"{prefix}val_top1"] = val["top1"]
+        row.update(self.algorithm.eval_metrics())
         return row
 
     def state(self) -> dict[str, Any]:

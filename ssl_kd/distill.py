@@ -1,0 +1,68 @@
+"""Distillation losses per example, and influence scoring of KD's combined loss.
+
+Per-example losses (not means) so that KD-AIF can weight each example; `kd` uses them with
+weight 1, which makes it KD-AIF with every weight forced to 1.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssl_kd.influence import InfluenceConfig, InfluenceWeighter
+from ssl_kd.influence.errors import InfluenceError
+from ssl_kd.influence.head import CROSS_ENTROPY, logit_grads
+
+
+def tempered_kl(student_logits: Tensor, teacher_probs: Tensor, tau: float) -> Tensor:
+    """tau^2 * KL(q || softmax(s / tau)) per example (Hinton et al. 2015), q the teacher's tempered
+    distribution. KL rather than cross-entropy so that a student matching its teacher scores 0;
+    the gradient is the same."""
+    log_p = F.log_softmax(student_logits.float() / tau, dim=-1)
+    q = teacher_probs.float()
+    return tau**2 * (q * (q.clamp_min(1e-12).log() - log_p)).sum(-1)
+
+
+def kd_losses(student_logits: Tensor, teacher_probs: Tensor, labels: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """(tau^2 KL(p_T^tau || p_S^tau), CE(y)) per example: KD mode's loss is alpha * first + (1 - alpha) * second."""
+    return tempered_kl(student_logits, teacher_probs, tau), F.cross_entropy(student_logits.float(), labels, reduction="none")
+
+
+def pack_targets(teacher_probs: Tensor, labels: Tensor) -> Tensor:
+    """KD mode's two targets in one (N, C + 1) tensor: the teacher's tempered distribution, then the
+    label. One tensor, because the weighter passes `targets` through (and slices it) unchanged."""
+    return torch.cat([teacher_probs.float(), labels.float()[:, None]], dim=1)
+
+
+class DistillWeighter(InfluenceWeighter):
+    """Influence weights for KD mode's combined loss l = alpha tau^2 KL(q || p^tau) + (1 - alpha) CE(y).
+
+    Influence is linear in the example's gradient, so the score is the alpha-mix of the scores of
+    its two terms, each from the head's closed form; `targets` come from `pack_targets`. The
+    curvature of a refresh is the distillation term's (InfluenceConfig.tau); the damping absorbs
+    the difference to the exact mix.
+    """
+
+    def __init__(self, cfg: InfluenceConfig, alpha: float) -> None:
+        super().__init__(cfg)
+        self.alpha = alpha
+
+    @torch.no_grad()
+    def scores(self, features: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.solution is None:
+            raise InfluenceError("influence scores requested before any refresh(); call refresh() first")
+        s, d = self.solution, features.shape[1]
+        proj = features.detach().float() @ s[:, :d].T
+        if s.shape[1] == d + 1:
+            proj = proj + s[:, d]
+        logits = logits.detach().float()
+        probs, labels = targets[:, :-1], targets[:, -1].long()
+        grads = self.alpha * logit_grads(logits, probs, self.cfg.loss) + (1 - self.alpha) * logit_grads(logits, labels, CROSS_ENTROPY)
+        return -(grads * proj).sum(1)
+
+
+def weight_logs(w: Tensor, prefix: str) -> dict[str, Tensor]:
+    """Mean, spread, range and the share below 0.5 of a batch of weights (for TensorBoard)."""
+    w = w.detach().float()
+    return {f"{prefix}/mean": w.mean(), f"{prefix}/std": w.std(correction=0), f"{prefix}/min": w.min(),
+            f"{prefix}/max": w.max(), f"{prefix}/share_below_half": (w < 0.5).float().mean()}

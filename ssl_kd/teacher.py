@@ -1,0 +1,154 @@
+"""The teacher side of teacher-student algorithms (`kd`, `kdaif`, `mpl`): loading a teacher from a
+checkpoint, its own optimiser, and the Meta Pseudo Labels feedback signal.
+
+Teacher update mechanisms (`TEACHER_UPDATES`), chosen per run:
+- `frozen`: never changes after it is loaded (or warmed up on the labelled set); no gradients.
+- `ema`: an exponential moving average of the student, updated in place after each student step;
+  no gradients.
+- `weighted_ce`: fine-tuned by its own optimiser on labelled cross-entropy plus the weighted
+  pseudo-label loss (the weights the student's loss uses).
+- `mpl`: trained by its own optimiser on UDA's losses plus the MPL feedback (`mpl_feedback`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_kd.data.build import parse_dataset_name
+from ssl_kd.errors import CheckpointError
+from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
+from ssl_kd.trainer.schedule import cosine_factor, cosine_schedule, make_optimizer
+
+TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl")
+
+
+def plain_module(model: nn.Module) -> nn.Module:
+    """The module under torch.compile's wrapper (its parameters and modes are the same)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def load_teacher(path: str, dataset: str, net: str, make_net: Callable[[str], nn.Module]) -> tuple[nn.Module, str, str]:
+    """(network, its name, a log line) for the teacher in checkpoint `path` (run folder or .pt).
+
+    The teacher must come from a run on the same dataset family (same classes and images); its
+    EMA weights are used when the run kept an EMA (they are what its summary reports). `net`, when
+    given, must name the checkpoint's network.
+    """
+    ckpt = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    saved = state["config"]["train"]
+    family, student_family = parse_dataset_name(saved["dataset"])[0], parse_dataset_name(dataset)[0]
+    if family != student_family:
+        raise CheckpointError(f"teacher checkpoint {ckpt} was trained on {saved['dataset']!r}, but this run is on "
+                              f"{dataset!r}; give a teacher trained on {student_family} (e.g. --algo supervised --dataset {student_family})")
+    if net and net != saved["net"]:
+        raise CheckpointError(f"--teacher-net {net!r} does not match teacher checkpoint {ckpt}, which holds a "
+                              f"{saved['net']!r}; drop --teacher-net (the checkpoint's network is used) or give {saved['net']!r}")
+    name = saved["net"]
+    teacher = make_net(name)
+    weights, which = (state["ema"], "EMA") if state.get("ema") is not None else (state["model"], "raw")
+    load_module_state(teacher, weights, "teacher network", ckpt)
+    return teacher, name, f"loaded from {ckpt} ({name}, {which} weights, step {state['step']} of a {saved['algo']} run)"
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    """Switch gradients on or off for every parameter; switching off also drops stale gradients."""
+    for p in module.parameters():
+        if p.requires_grad != trainable:
+            p.requires_grad_(trainable)
+        if not trainable:
+            p.grad = None
+
+
+class TeacherOptimiser:
+    """The teacher's own SGD and cosine schedule, with the student's settings unless `lr` is given.
+    Both live in the algorithm's state_dict, so resume is exact."""
+
+    def __init__(self, teacher: nn.Module, train_cfg: Any, lr: float = 0.0) -> None:
+        t = train_cfg
+        self.optimizer = make_optimizer(teacher, lr or t.lr, t.momentum, t.nesterov, t.weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, t.steps, t.cosine_cycles, t.warmup_steps)
+
+    def step(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the teacher's loss became {loss.item()}; lower algo.teacher_lr or train.lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def student_lr(train_cfg: Any, step: int) -> float:
+    """The learning rate the trainer's optimiser used for the student at `step`."""
+    t = train_cfg
+    return t.lr * cosine_factor(step, t.steps, t.cosine_cycles, t.warmup_steps)
+
+
+@contextmanager
+def preserved_buffers(module: nn.Module) -> Iterator[None]:
+    """Run a train-mode forward without leaving its BatchNorm statistics behind."""
+    saved = [b.clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(module.buffers(), saved):
+                buffer.copy_(value)
+
+
+def trainable_params(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def pseudo_label_grads(loss: torch.Tensor, student: nn.Module) -> list[torch.Tensor]:
+    """Gradient of the student's pseudo-label loss alone (the graph is kept for the trainer's backward)."""
+    params = trainable_params(student)
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
+def mpl_feedback(student: nn.Module, x_l: torch.Tensor, y_l: torch.Tensor, grads_u: list[torch.Tensor], lr: float,
+                 autocast: Callable[[], Any]) -> torch.Tensor:
+    """Meta Pseudo Labels' feedback h = lr * <grad L_l(theta_S'), grad L_u(theta_S)>.
+
+    theta_S' is the student after its step on the pseudo-label loss L_u; by first-order Taylor,
+    L_l(theta_S) - L_l(theta_S') ~ h, so h > 0 means the pseudo-labels lowered the student's
+    labelled loss, and the teacher's loss h * CE(teacher, pseudo-label) then rewards (raises the
+    probability of) the pseudo-label. This is the sign of Pham et al.'s derivation, the "old minus
+    new" form; a published port ships the opposite sign. Measuring it with gradients, not as the
+    difference of two losses, isolates the pseudo-label part of a student step that also holds
+    other losses (kdaif's labelled cross-entropy). The labelled loss is taken in train mode (batch
+    statistics, as during training) without touching the BatchNorm buffers.
+    """
+    student = plain_module(student)
+    with preserved_buffers(student):  # restored after the backward, which still needs them
+        with autocast():
+            logits, _ = student(x_l)
+        loss = F.cross_entropy(logits.float(), y_l)
+        grads_l = torch.autograd.grad(loss, trainable_params(student), allow_unused=True)
+    dot = sum((gl * gu).sum() for gl, gu in zip(grads_l, grads_u) if gl is not None)
+    return lr * torch.as_tensor(dot).detach()
+
+
+def mpl_teacher_update(teacher_opt: TeacherOptimiser, base_loss: torch.Tensor, t_logits: torch.Tensor,
+                       pseudo: torch.Tensor, student: nn.Module, x_l: torch.Tensor, y_l: torch.Tensor,
+                       grads_u: list[torch.Tensor], lr: float, autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    """The teacher's MPL step, once the student has stepped: base_loss + h * CE(t_logits, pseudo),
+    `t_logits` being the teacher prediction that produced the pseudo-labels the student was taught.
+    Returns the figures to log."""
+    h = mpl_feedback(student, x_l, y_l, grads_u, lr, autocast)
+    feedback = h * F.cross_entropy(t_logits.float(), pseudo)
+    teacher_opt.step(base_loss + feedback)
+    return {"train/mpl_feedback": h, "loss/teacher_mpl": feedback.detach()}
