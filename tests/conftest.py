@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssl_kd.algorithm import StepOutput
+from ssl_kd.cli import parser, prepare
+from ssl_kd.run import build_data
+from ssl_kd.trainer.trainer import Trainer
+
 from ssl_kd.cli import main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +25,26 @@ def quick_args(out: Path, algo: str = "fixmatch", steps: int = 2, *extra: str) -
     return ["--algo", algo, "--dataset", "digits_30", "--steps", str(steps), "--eval-every", str(max(1, steps)),
             "--batch-size", "8", "--uratio", "2", "--device", "cpu", "--out", str(out), "--no-progress",
             "--set", "train.eval_batch_size=512", *extra]
+
+
+def make_trainer(out: Path, algo: str, steps: int = 6, *extra: str) -> Trainer:
+    """A CPU trainer for a tiny digits_30 run whose run folder is `out`."""
+    cfg, run_dir, _ = prepare(parser().parse_args(quick_args(out, algo, steps, *extra)))
+    return Trainer(cfg, build_data(cfg), torch.device("cpu"), run_dir)
+
+
+def run_steps(trainer: Trainer, n: int) -> list[StepOutput]:
+    """Train `n` steps as the trainer's loop does, returning each step's output."""
+    outs = []
+    for _ in range(n):
+        _, out = trainer.train_one_step()
+        trainer.step += 1
+        outs.append(out)
+    return outs
+
+
+def step_losses(trainer: Trainer, n: int) -> list[float]:
+    return [out.loss.item() for out in run_steps(trainer, n)]
 
 
 @pytest.fixture

@@ -7,35 +7,18 @@ and resume is exact. Training two steps is covered for every algorithm in test_t
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from ssl_kd.algorithms.flexmatch import FlexThresholder, convex_mapping
 from ssl_kd.augment.views import make_view
-from ssl_kd.cli import parser, prepare
 from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import anneal, linear_rampup, sigmoid_rampup
-from ssl_kd.run import build_data
 from ssl_kd.trainer.trainer import Trainer
-from tests.conftest import quick_args
+from tests.conftest import make_trainer, step_losses
 
 BASELINES = ["meanteacher", "pseudolabel", "uda", "flexmatch"]
-
-
-def make_trainer(tmp_path: Path, algo: str, steps: int = 6, *extra: str) -> Trainer:
-    cfg, run_dir, _ = prepare(parser().parse_args(quick_args(tmp_path / "run", algo, steps, *extra)))
-    return Trainer(cfg, build_data(cfg), torch.device("cpu"), run_dir)
-
-
-def run_steps(trainer: Trainer, n: int) -> list[float]:
-    losses = []
-    for _ in range(n):
-        _, out = trainer.train_one_step()
-        trainer.step += 1
-        losses.append(out.loss.item())
-    return losses
 
 
 def student_grad_norm(trainer: Trainer) -> float:
@@ -50,7 +33,7 @@ def assert_frozen(module: torch.nn.Module) -> None:
 
 def test_meanteacher_consistency_has_student_gradient_and_none_for_teacher(tmp_path):
     trainer = make_trainer(tmp_path, "meanteacher")
-    run_steps(trainer, 2)  # the teacher is now an average, not a copy
+    step_losses(trainer, 2)  # the teacher is now an average, not a copy
     algo = trainer.algorithm
     batch = trainer.next_batch()
     student_logits, _ = trainer.model(batch.x_u["weak"])
@@ -68,7 +51,7 @@ def test_meanteacher_training_step_gradient_includes_the_consistency(tmp_path):
     """The loss train_step hands the trainer moves the student differently with and without the
     consistency term (USB's detached-versus-itself version would give the same gradient)."""
     trainer = make_trainer(tmp_path, "meanteacher", 6, "--set", "algo.rampup_fraction=0")
-    run_steps(trainer, 2)
+    step_losses(trainer, 2)
     algo, batch = trainer.algorithm, trainer.next_batch()
     params = [p for p in trainer.model.parameters()]
 
@@ -85,13 +68,13 @@ def test_meanteacher_training_step_gradient_includes_the_consistency(tmp_path):
 def test_meanteacher_teacher_is_the_scheduled_ema_of_the_student(tmp_path):
     trainer = make_trainer(tmp_path, "meanteacher", 3000, "--set", "algo.rampup_fraction=0.1")  # ramp-up: 300 steps
     algo = trainer.algorithm
-    run_steps(trainer, 1)  # decay min(1 - 1/1, .) = 0: the teacher starts as the student
+    step_losses(trainer, 1)  # decay min(1 - 1/1, .) = 0: the teacher starts as the student
     for t, s in zip(algo.teacher.parameters(), trainer.model.parameters()):
         torch.testing.assert_close(t, s.detach(), rtol=0, atol=0)
     for step, decay in ((3, 0.75), (200, 0.99), (2000, 0.999)):  # capped early, then ramp-up, then final
         trainer.step = step
         before = [p.clone() for p in algo.teacher.parameters()]
-        run_steps(trainer, 1)
+        step_losses(trainer, 1)
         for t, old, s in zip(algo.teacher.parameters(), before, trainer.model.parameters()):
             torch.testing.assert_close(t, old * decay + s.detach() * (1 - decay))
 
@@ -193,7 +176,7 @@ def algorithm_state_equal(a: dict, b: dict) -> bool:
 
 def test_flexmatch_state_survives_a_checkpoint(tmp_path):
     first = make_trainer(tmp_path, "flexmatch", 6, "--set", "algo.threshold=0.3")
-    run_steps(first, 3)
+    step_losses(first, 3)
     predictions = first.algorithm.thresholder.predictions
     assert (predictions >= 0).sum() > 0
     first.save()
@@ -205,7 +188,7 @@ def test_flexmatch_state_survives_a_checkpoint(tmp_path):
 
 def test_meanteacher_teacher_survives_a_checkpoint(tmp_path):
     first = make_trainer(tmp_path, "meanteacher", 6)
-    run_steps(first, 3)
+    step_losses(first, 3)
     first.save()
     second = make_trainer(tmp_path, "meanteacher", 6)
     second.load(first.run_dir / "checkpoints" / "last.pt")
@@ -220,13 +203,13 @@ def test_meanteacher_teacher_survives_a_checkpoint(tmp_path):
                                         ("pseudolabel", ("--set", "algo.threshold=0.3")), ("uda", ("--set", "algo.tsa=log"))])
 def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
     first = make_trainer(tmp_path, algo, 6, *extra)
-    run_steps(first, 3)
+    step_losses(first, 3)
     first.save()
-    expected = run_steps(first, 3)
+    expected = step_losses(first, 3)
     resumed = make_trainer(tmp_path, algo, 6, *extra)
     torch.manual_seed(1234)  # the checkpoint's RNG state must win
     resumed.load(first.run_dir / "checkpoints" / "last.pt")
-    assert run_steps(resumed, 3) == expected
+    assert step_losses(resumed, 3) == expected
     assert algorithm_state_equal(resumed.algorithm.state_dict(), first.algorithm.state_dict())
 
 

@@ -12,7 +12,8 @@ from torch import nn
 from ssl_kd.config import TrainConfig
 from ssl_kd.nets.small import digits_net
 from ssl_kd.teacher import TeacherOptimiser, mpl_feedback, mpl_teacher_update, preserved_buffers
-from tests.test_kdaif import make_trainer, run_steps, teacher_ckpt  # noqa: F401 (a fixture)
+from tests.conftest import make_trainer, run_steps
+from tests.test_kdaif import teacher_ckpt  # noqa: F401 (a fixture)
 
 
 def hinton(student_logits, teacher_logits, labels, alpha, tau):

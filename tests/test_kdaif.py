@@ -10,27 +10,10 @@ import pytest
 import torch
 
 from ssl_kd.cli import main as train_main
-from ssl_kd.cli import parser, prepare
 from ssl_kd.errors import CheckpointError, ConfigError
-from ssl_kd.run import build_data
-from ssl_kd.trainer.trainer import Trainer
-from tests.conftest import quick_args
+from tests.conftest import make_trainer, quick_args, run_steps
 
 UPDATES = ["frozen", "ema", "weighted_ce", "mpl"]
-
-
-def make_trainer(out: Path, algo: str, steps: int, *extra: str) -> Trainer:
-    cfg, run_dir, _ = prepare(parser().parse_args(quick_args(out, algo, steps, *extra)))
-    return Trainer(cfg, build_data(cfg), torch.device("cpu"), run_dir)
-
-
-def run_steps(trainer: Trainer, n: int) -> list:
-    outs = []
-    for _ in range(n):
-        _, out = trainer.train_one_step()
-        trainer.step += 1
-        outs.append(out)
-    return outs
 
 
 @pytest.fixture(scope="module")

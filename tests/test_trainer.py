@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_kd.cli import parser, prepare
 from ssl_kd.registry import ALGORITHMS, discover_all
-from ssl_kd.run import build_data
-from ssl_kd.trainer.logger import RunLogger
-from ssl_kd.trainer.trainer import Trainer
-from tests.conftest import REPO, quick_args
+from tests.conftest import REPO, make_trainer, quick_args, step_losses
 
 discover_all()
-
-
-def make_trainer(tmp_path: Path, algo: str, steps: int = 4, *extra: str) -> Trainer:
-    cfg, run_dir, _ = prepare(parser().parse_args(quick_args(tmp_path / "run", algo, steps, *extra)))
-    return Trainer(cfg, build_data(cfg), torch.device("cpu"), run_dir)
 
 
 # Algorithms that need a teacher checkpoint or extra inputs are covered by their own tests.
@@ -61,15 +52,6 @@ def test_fixmatch_mask_threshold_one_gives_zero_unsup(tmp_path):
     trainer = make_trainer(tmp_path, "fixmatch", 2, "--set", "algo.threshold=1.01")
     out = trainer.algorithm.train_step(trainer.next_batch())
     assert out.logs["loss/unsup"] == 0 and out.mask.sum() == 0
-
-
-def step_losses(trainer: Trainer, n: int) -> list[float]:
-    losses = []
-    for _ in range(n):
-        _, out = trainer.train_one_step()
-        trainer.step += 1
-        losses.append(out.loss.item())
-    return losses
 
 
 @pytest.mark.parametrize("algo", ["fixmatch", "supervised"])
