@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_kd.influence import InfluenceConfig, InfluenceWeighter
-from ssl_kd.influence.errors import InfluenceError
 from ssl_kd.influence.head import CROSS_ENTROPY, logit_grads
 
 
@@ -47,18 +46,9 @@ class DistillWeighter(InfluenceWeighter):
         super().__init__(cfg)
         self.alpha = alpha
 
-    @torch.no_grad()
-    def scores(self, features: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
-        if self.solution is None:
-            raise InfluenceError("influence scores requested before any refresh(); call refresh() first")
-        s, d = self.solution, features.shape[1]
-        proj = features.detach().float() @ s[:, :d].T
-        if s.shape[1] == d + 1:
-            proj = proj + s[:, d]
-        logits = logits.detach().float()
+    def logit_gradients(self, logits: Tensor, targets: Tensor) -> Tensor:
         probs, labels = targets[:, :-1], targets[:, -1].long()
-        grads = self.alpha * logit_grads(logits, probs, self.cfg.loss) + (1 - self.alpha) * logit_grads(logits, labels, CROSS_ENTROPY)
-        return -(grads * proj).sum(1)
+        return self.alpha * logit_grads(logits, probs, self.cfg.loss) + (1 - self.alpha) * logit_grads(logits, labels, CROSS_ENTROPY)
 
 
 def weight_logs(w: Tensor, prefix: str) -> dict[str, Tensor]:

@@ -128,6 +128,10 @@ class InfluenceWeighter:
     @torch.no_grad()
     def scores(self, features: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
         """I(z) per example from the last solve: one (B, D) x (D, C) matmul. I < 0: z helps."""
+        return -(self.logit_gradients(logits.detach().float(), targets) * self.projection(features)).sum(1)
+
+    def projection(self, features: Tensor) -> Tensor:
+        """(H + lambda I)^-1 g_val applied to each example's [features; 1]: (B, C)."""
         if self.solution is None:
             raise InfluenceError("influence scores requested before any refresh(); call refresh() first "
                                  "(needs_refresh(step) says when)")
@@ -139,7 +143,11 @@ class InfluenceWeighter:
         proj = features.detach().float() @ s[:, :d].T
         if s.shape[1] == d + 1:
             proj = proj + s[:, d]
-        return -(logit_grads(logits.detach().float(), targets, self.cfg.loss) * proj).sum(1)
+        return proj
+
+    def logit_gradients(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """d l / d logits per example for the weighted loss (subclasses with another loss override this)."""
+        return logit_grads(logits, targets, self.cfg.loss)
 
     @torch.no_grad()
     def weights(
