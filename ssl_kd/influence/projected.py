@@ -287,18 +287,19 @@ class ProjectedInfluence:
                 yield jac.detach(), logits.detach(), targets[rows]
 
     def _accumulate(self, curv: Tensor, jp: Tensor, logits: Tensor, targets: Tensor) -> None:
-        """Add sum_i (J_i R^T)^T A_i (J_i R^T) (ggn) or sum_i phi_i phi_i^T (fisher) of one chunk."""
-        jp = jp.to(torch.float64)
-        logits = logits.detach().to(torch.float64)
+        """Add sum_i (J_i R^T)^T A_i (J_i R^T) (ggn) or sum_i phi_i phi_i^T (fisher) of one chunk, each
+        chunk's product in the Jacobians' dtype (float32 halves the cost), the sum in float64."""
+        logits = logits.detach().to(jp.dtype)
         if self.cfg.curvature == "fisher":
-            phi = torch.einsum("nc,nck->nk", self.logit_gradients(logits, targets).to(torch.float64), jp)
-            curv.addmm_(phi.T, phi)
+            phi = torch.einsum("nc,nck->nk", self.logit_gradients(logits, targets).to(jp.dtype), jp)
+            curv.add_((phi.T @ phi).to(curv.dtype))
             return
+        # A_i = B_i B_i^T with B_i = diag(sqrt p) - p sqrt(p)^T, so the chunk adds V^T V for the rows
+        # V_i = B_i^T J_i R^T = sqrt(p) (J_i R^T - p^T J_i R^T): positive semi-definite, no cancellation
         p = torch.softmax(logits / self.cfg.tau, dim=1)
-        w = (p.sqrt()[:, :, None] * jp).reshape(-1, jp.shape[-1])
         m = torch.einsum("nc,nck->nk", p, jp)
-        scale = self.cfg.loss.hess_scale
-        curv.addmm_(w.T, w, alpha=scale).addmm_(m.T, m, alpha=-scale)
+        v = (p.sqrt()[:, :, None] * (jp - m[:, None, :])).reshape(-1, jp.shape[-1])
+        curv.add_((v.T @ v).to(curv.dtype), alpha=self.cfg.loss.hess_scale)
 
     def _solve(self, g_k: Tensor, curv: Tensor, num_examples: int, step: int) -> None:
         if num_examples == 0:
