@@ -19,18 +19,11 @@ from ssl_kd.influence.toy import TinyCNN, as_input, digits, fit
 from ssl_kd.nets.base import Classifier
 from ssl_kd.nets.small import cnn_small, digits_net
 from ssl_kd.nets.wrn import wrn28_2
+from tests.test_influence_full import one_thread  # noqa: F401  (autouse: one CPU thread in this module)
 from tests.test_influence_loo import fit_head
 
 TIGHT = FullConfig(cg_tol=1e-12, cg_max_iter=5000, batch_size=64)
 MIN_SPEARMAN_SMALL = 0.75  # dim 128 of 394 parameters; measured 0.80-0.83 over projection seeds 0-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

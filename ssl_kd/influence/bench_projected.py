@@ -88,7 +88,8 @@ def correctness_auc(runs: list[str], curvature_size: int) -> None:
     from ssl_kd.run import build_network
 
     rows = estimators((512, 2048), 2048)
-    table: dict[tuple[str, str], list[float]] = {}
+    rows["last block + head, dim 2048, damping_fraction 1"] = projected_scores(ProjectedConfig(dim=2048, damping_fraction=1.0))
+    table: dict[tuple[str, str], list[tuple[float, float]]] = {}
     pseudo_acc = []
     for path in runs:
         run = load_run(path, "cpu")
@@ -98,26 +99,31 @@ def correctness_auc(runs: list[str], curvature_size: int) -> None:
         labelled = torch.isin(data.unlabelled_idx, data.labelled_idx)
         pool = data.unlabelled_idx[~labelled]
         x = as_input(data.train_x[pool], data.policy)
-        with eval_mode(teacher), torch.no_grad():
-            probs = torch.softmax(teacher(x)[0], 1)
-        conf, pseudo = probs.max(1)
+        with eval_mode(teacher), eval_mode(student), torch.no_grad():
+            conf, pseudo = torch.softmax(teacher(x)[0], 1).max(1)
+            disagreement = 1 - torch.softmax(student(x)[0], 1).gather(1, pseudo[:, None])[:, 0]
         correct = (pseudo == data.train_y[pool]).numpy()
         pseudo_acc.append(float(correct.mean()))
         curv_rows = torch.randperm(pool.numel(), generator=torch.Generator().manual_seed(0))[:curvature_size]
-        table.setdefault(("teacher confidence", "-"), []).append(roc_auc_score(correct, conf.numpy()))
+        rho_conf = float(spearmanr(1 - conf.numpy(), disagreement.numpy())[0])
+        table.setdefault(("teacher confidence", "-"), []).append((roc_auc_score(correct, conf.numpy()), rho_conf))
         for ref_name, ref_idx in (("labelled (30)", data.labelled_idx), ("held-out val (200)", data.val_idx)):
             ref_x, ref_y = as_input(data.train_x[ref_idx], data.policy), data.train_y[ref_idx]
             for name, scorer in rows.items():
                 scores = scorer(student, ref_x, ref_y, x[curv_rows], pseudo[curv_rows], x, pseudo)
-                table.setdefault((name, ref_name), []).append(roc_auc_score(correct, (-scores).numpy()))
+                rho = float(spearmanr(scores.abs().numpy(), disagreement.numpy())[0])
+                table.setdefault((name, ref_name), []).append((roc_auc_score(correct, (-scores).numpy()), rho))
     print(f"{len(runs)} kd runs on digits_30 (300 steps, data.val_per_class=20); pool: the unlabelled images minus "
           f"the labelled 30 ({pool.numel()}), clean images, eval mode, teacher's hard pseudo-labels "
           f"(accuracy {', '.join(f'{a:.3f}' for a in pseudo_acc)}); curvature from {curvature_size} pool images. "
-          "ROC-AUC for 'pseudo-label correct' (0.5: chance).\n")
-    print("| score | reference | ROC-AUC median | per run |")
-    print("|---|---|---|---|")
+          "ROC-AUC for 'pseudo-label correct' (0.5: chance); disagreement: Spearman of |I| (of 1 - confidence for "
+          "the teacher row) with 1 - the student's probability of the pseudo-label.\n")
+    print("| score | reference | ROC-AUC median | per run | disagreement Spearman (median) |")
+    print("|---|---|---|---|---|")
     for (name, ref_name), values in table.items():
-        print(f"| {name} | {ref_name} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
+        aucs, rhos = [v[0] for v in values], [v[1] for v in values]
+        print(f"| {name} | {ref_name} | {statistics.median(aucs):.3f} | {', '.join(f'{a:.3f}' for a in aucs)} "
+              f"| {statistics.median(rhos):.2f} |")
 
 
 def timing(repeats: int) -> None:
@@ -163,15 +169,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s)\n")
-    sections = args.sections.split(",")
-    if "fidelity" in sections:
-        fidelity(args.seeds)
+    sections: dict[str, Callable[[], None]] = {
+        "fidelity": lambda: fidelity(args.seeds), "auc": lambda: correctness_auc(args.runs, args.curvature_size),
+        "timing": lambda: timing(args.repeats),
+    }
+    for name in args.sections.split(","):
+        if name not in sections:
+            parser.error(f"unknown section {name!r}; choose from {', '.join(sections)}")
+        sections[name]()
         print()
-    if "auc" in sections:
-        correctness_auc(args.runs, args.curvature_size)
-        print()
-    if "timing" in sections:
-        timing(args.repeats)
 
 
 if __name__ == "__main__":
