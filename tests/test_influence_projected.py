@@ -11,6 +11,7 @@ from scipy.stats import spearmanr
 from torch import nn
 from torch.func import jacrev, vmap
 
+from ssl_kd.errors import ConfigError
 from ssl_kd.influence import FullConfig, InfluenceError, flip_labels, full_influence
 from ssl_kd.influence.full import FlatNetwork, eval_mode, per_example_grads
 from ssl_kd.influence.head import HeadLoss
@@ -75,6 +76,20 @@ def test_precomputed_gradients_give_the_same_scores(problem):
         grads = per_example_grads(net, xt, yt)
     torch.testing.assert_close(pre.direction, est.direction, rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(pre.scores_from_gradients(grads), est.scores(xt, yt), rtol=1e-7, atol=1e-10)
+
+
+def test_fisher_curvature_is_the_empirical_fisher_of_the_targets(problem):
+    model, xt, yt, xv, yv = problem
+    est = ProjectedInfluence(model, ProjectedConfig(dim=10**6, curvature="fisher", damping=0.05))
+    est.refresh(xv, yv, xt, yt, 0)
+    net = FlatNetwork(model, est.names)
+    with eval_mode(model):
+        grads, g_ref = per_example_grads(net, xt, yt), per_example_grads(net, xv, yv).mean(0)
+    fisher = grads.T @ grads / xt.shape[0]
+    s = torch.linalg.solve(fisher + 0.05 * torch.eye(fisher.shape[0], dtype=fisher.dtype), g_ref)
+    torch.testing.assert_close(est.scores(xt, yt), -(grads @ s), rtol=1e-7, atol=1e-10)
+    with pytest.raises(ConfigError, match="curvature='hessian'"):
+        ProjectedConfig(curvature="hessian")
 
 
 def test_small_projection_ranks_like_the_exact_restricted_influence(problem):

@@ -145,6 +145,10 @@ def timing(repeats: int) -> None:
         ref, train, batch = (x[:n_ref], y[:n_ref]), (x[:n_train], y[:n_train]), (x[:n_score], y[:n_score])
         with eval_mode(model), torch.no_grad():
             (_, f_ref), (_, f_train), (logits, f) = model(ref[0]), model(train[0]), model(batch[0])
+        with eval_mode(model), torch.no_grad():
+            t_forward = median_time(lambda: model(batch[0]), repeats, torch.device("cpu"))
+        print(f"| {make.__name__} | (an eval-mode forward pass of the scored batch, for scale) | - | - / - / {n_score} "
+              f"| - | {1e3 * t_forward:.1f} |")
         w = InfluenceWeighter(InfluenceConfig(schedule="online", solver="cholesky"))
         t_refresh = median_time(lambda: w.refresh(model.head, f_ref, ref[1], f_train, 0), repeats, torch.device("cpu"))
         t_score = median_time(lambda: w.scores(f, logits, batch[1]), repeats, torch.device("cpu"))
