@@ -8,9 +8,9 @@ Same sign convention as the package: I(z) = -g_ref^T R^T (G_k + lambda I)^-1 R g
 - R (k x P): a fixed random projection regenerated from a seed (never stored), one block per
   parameter tensor with E[R^T R] = I, so projected inner products are unbiased; k is split equally
   among tensors (water-filling): those smaller than their share stay unprojected, the others get
-  a dense Gaussian, large weight tensors a Kronecker
-  factored one R_out (x) R_in acting as R_out W R_in^T on the (out, in*kh*kw) matrix (LoGra), so
-  memory is O(k_out out + k_in in), not O(k P). With k >= P, R = I and the estimator is exact.
+  a dense Gaussian, large weight tensors a Kronecker-factored one R_out (x) R_in acting as
+  R_out W R_in^T on the (out, in*kh*kw) matrix (LoGra), so memory is O(k_out out + k_in in), not
+  O(k P). With k >= P, R = I and the estimator is exact.
 - curvature: the Gauss-Newton matrix (for softmax cross-entropy also the Fisher) of the mean
   training loss in the projected space, G_k = mean_i (J_i R^T)^T A_i (J_i R^T), with J_i the
   per-example logit Jacobian (vmap over jacrev, C backward passes through the tail only) and A_i
@@ -19,7 +19,7 @@ Same sign convention as the package: I(z) = -g_ref^T R^T (G_k + lambda I)^-1 R g
   eigenvalue (tr G_k / P, unbiased for tr G / P) + weight decay, as in head.py and full.py.
 - one dense float64 Cholesky solve per refresh, lifted back once: u = R^T s (P,).
 - scores: I(z) = -r(z)^T (J(x) u), r = dl/dlogits: ONE forward-mode JVP of the batch along u,
-  about two forward passes and no per-example gradient, any target (hard, soft, or a subclass's
+  about the cost of one forward pass (measured) and no per-example gradient, any target (hard, soft, or a subclass's
   `logit_gradients` for another loss, as DistillWeighter does for the head).
 
 Why projection and not EK-FAC over the same layers (kronfluence): EK-FAC needs per-layer hooks
@@ -27,7 +27,10 @@ for activations and output gradients (conv patches, BN layers handled separately
 eigendecompositions per layer per refresh, and its block-diagonal curvature ignores the coupling
 between the block and the head; projection reuses full.py's torch.func machinery unchanged,
 keeps all cross-layer curvature inside the k-space, is exactly the restricted influence when
-k >= P (tested against full.py) and costs O(N C k^2 + k^3) per refresh whatever the layer shapes.
+k >= P (tested against full.py) and costs O(N C k^2 + k^3) per refresh whatever the layer shapes;
+its price is the per-example Jacobian (C backward passes per curvature example through the tail).
+Measured (BENCHMARKS.md, influence section 5): much closer to full-network influence than the
+head, but not a better detector of wrong pseudo-labels on digits_30.
 """
 from __future__ import annotations
 
