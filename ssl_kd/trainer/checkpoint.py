@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -14,16 +16,49 @@ from torch import nn
 from ssl_kd.config import Config
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError
+from ssl_kd.trainer.guard import nonfinite_parts
+from ssl_kd.trainer.rundir import TMP_SUFFIX, os_error_message
 
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a uniquely named temporary file in the same folder, then rename it onto `path`:
+    a crash never leaves half a file, two writers never share a temporary name, and a failed
+    write (a full disk) leaves the previous `path` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{os_error_message(err, path, 'write the checkpoint')}; "
+                              f"the previous {path.name} (if any) is untouched") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    _atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
+
+
+def copy_checkpoint(source: Path, path: Path) -> None:
+    """`best.pt` as an atomic copy of the `last.pt` just written (never newer than `last.pt`)."""
+    _atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def check_finite_state(state: dict[str, Any], path: Path | str) -> None:
+    """Refuse a checkpoint whose model, EMA or optimiser state holds NaN or inf."""
+    bad = nonfinite_parts({"model": state.get("model"), "EMA model": state.get("ema"),
+                           "optimiser state": state.get("optimizer")})
+    if bad:
+        parts = ", ".join(f"{n} in the {name}" for name, n in bad.items())
+        raise CheckpointError(f"checkpoint {path} holds non-finite values ({parts}): the run diverged before it was "
+                              "written; use an earlier checkpoint or retrain with a lower learning rate")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -82,6 +117,7 @@ def load_run(path: str | Path, device: str = "auto", data_dir: str = "") -> Load
     ckpt = resolve_checkpoint(path)
     dev = pick_device(device)
     state = load_checkpoint(ckpt, dev)
+    check_finite_state(state, ckpt)
     cfg = config_from_dict(state["config"])
     if data_dir:
         cfg.train.data_dir = data_dir
