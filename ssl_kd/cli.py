@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -233,8 +235,24 @@ def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool) -> dic
     return summary
 
 
+def exit_on_sigterm(signum: int, frame: Any) -> None:
+    """Outside the training loop SIGTERM ends the process as a shell expects (143), through
+    Python's exit path, so a start it interrupts is cleaned up."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm) if main_thread else None
+    try:
+        return run_main(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_main(args: argparse.Namespace) -> int:
     try:
         if args.list:
             load_plugins(args.plugin)
