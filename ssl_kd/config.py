@@ -168,7 +168,7 @@ def apply_set(cfg: Config, assignment: str) -> None:
     set_field(getattr(cfg, section), section, key, value.strip())
 
 
-EXAMPLE_CONFIG = "a run's runs/<run>/config.yaml, or a file with train:/data:/algo: sections (README, Training)"
+EXAMPLE_CONFIG = "configs/fixmatch_digits.yaml"
 
 
 def load_yaml(path: str) -> dict[str, Any]:
