@@ -62,7 +62,8 @@ def resolve_config(yaml_content: dict[str, Any], flags: dict[str, Any], sets: li
 
 
 def validate(cfg: Config) -> None:
-    """Refuse values outside their ranges with one line naming the key and the fix."""
+    """Refuse values outside their ranges with one line naming the key and the fix (the data
+    section is checked where the dataset is built: ssl_kd.data.build.check_data_config)."""
     t = cfg.train
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every"):
         if getattr(t, key) <= 0:
@@ -78,9 +79,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.ema must be in [0, 1), got {t.ema}; use 0 to disable the EMA")
     in_range(t.momentum, 0.0, 1.0, "train.momentum", "e.g. 0.9")
     in_range(t.weight_decay, 0.0, float("inf"), "train.weight_decay", "e.g. 5e-4")
-    in_range(cfg.data.label_noise, 0.0, 1.0, "data.label_noise", "a fraction, e.g. 0.2")
-    if cfg.data.val_per_class < 0:
-        raise ConfigError(f"data.val_per_class must be >= 0, got {cfg.data.val_per_class}")
     if cfg.algo is not None:
         check_algo_ranges(cfg.algo)
     if t.net:

@@ -110,14 +110,17 @@ class LoadedRun:
     state: dict[str, Any]
 
 
-def load_run(path: str | Path, device: str = "auto", data_dir: str = "") -> LoadedRun:
-    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder)."""
+def load_run(path: str | Path, device: str = "auto", data_dir: str = "", plugins: list[str] | tuple[str, ...] = ()) -> LoadedRun:
+    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder),
+    loading the plug-ins it recorded (or `plugins` instead, when given)."""
+    from ssl_kd.plugins import load_recorded
     from ssl_kd.run import build_data, build_network, config_from_dict, pick_device
 
     ckpt = resolve_checkpoint(path)
     dev = pick_device(device)
     state = load_checkpoint(ckpt, dev)
     check_finite_state(state, ckpt)
+    load_recorded(state.get("plugins"), list(plugins), f"the run of {ckpt}")
     cfg = config_from_dict(state["config"])
     if data_dir:
         cfg.train.data_dir = data_dir
