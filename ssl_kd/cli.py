@@ -213,7 +213,8 @@ def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool) -> dic
     """fit() with its summary; a signal writes an interrupted summary and exits 128 + signal."""
     eval_key = "ema_top1" if cfg.train.ema > 0 else "top1"
     select_key = f"{eval_key[:-4]}val_top1" if trainer.data.val_idx.numel() > 0 else eval_key
-    logger = RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key)
+    logger = RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key,
+                       class_names=trainer.data.class_names)
     interrupted: Interrupted | None = None
     try:
         try:

@@ -22,8 +22,10 @@ class RunLogger:
     an oracle choice and is named so in the summary (`best_test_top1_oracle`).
     """
 
-    def __init__(self, run_dir: Path, eval_key: str, resume_step: int | None = None, select_key: str | None = None) -> None:
+    def __init__(self, run_dir: Path, eval_key: str, resume_step: int | None = None, select_key: str | None = None,
+                 class_names: list[str] | None = None) -> None:
         self.run_dir = run_dir
+        self.class_names = class_names or []
         self.eval_key = eval_key
         self.select_key = select_key or eval_key
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -41,6 +43,20 @@ class RunLogger:
     def histogram(self, key: str, values: torch.Tensor, step: int) -> None:
         self.tb.add_histogram(key, values.detach().float().cpu(), step)
 
+    def figure(self, tag: str, fig: Any, step: int) -> None:
+        self.tb.add_figure(tag, fig, step, close=False)
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        self.tb.add_image(tag, image, step)
+
+    def per_class(self, row: dict[str, Any]) -> None:
+        """Per-class accuracies (`per_class`, `ema_per_class`, ...) as scalars named by class."""
+        for key, values in row.items():
+            if key.endswith("per_class") and isinstance(values, list):
+                names = self.class_names if len(self.class_names) == len(values) else [str(i) for i in range(len(values))]
+                for name, value in zip(names, values):
+                    self.tb.add_scalar(f"eval_{key}/{name}", value, row["step"])
+
     def evaluation(self, row: dict[str, Any]) -> bool:
         """Record one evaluation; returns True when it is the best so far on `select_key`."""
         best_before = max((r[self.select_key] for r in self.history), default=float("-inf"))
@@ -50,6 +66,7 @@ class RunLogger:
         for key, value in row.items():
             if isinstance(value, (int, float)) and key != "step":
                 self.tb.add_scalar(f"eval/{key}", value, row["step"])
+        self.per_class(row)
         self.tb.flush()
         return row[self.select_key] > best_before
 

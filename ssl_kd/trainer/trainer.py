@@ -27,9 +27,10 @@ from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.ema import make_ema, update_ema
-from ssl_kd.trainer.evaluate import evaluate
+from ssl_kd.trainer.evaluate import classification_metrics, evaluate, predict
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
 from ssl_kd.trainer.schedule import cosine_schedule, make_optimizer
 
 
@@ -91,6 +92,7 @@ class Trainer:
         self.wall_before = 0.0  # real wall time of the run's earlier sessions (resume)
         self.started = time.perf_counter()
         self.guard = FiniteGuard(t.check_finite_every)
+        self.test_logits: dict[str, torch.Tensor] = {}  # the last evaluation's, per model prefix
         self.plugins: list[dict[str, str]] = []  # plug-in records (ssl_kd.plugins), kept in checkpoints
 
     @property
@@ -155,13 +157,24 @@ class Trainer:
         for prefix, model in models.items():
             if model is None:
                 continue
-            metrics = evaluate(model, d.test_x, d.test_y, d.policy, d.num_classes, t.eval_batch_size, self.autocast)
+            logits, _ = predict(model, d.test_x, d.policy, t.eval_batch_size, self.autocast)
+            self.test_logits[prefix] = logits  # for the confusion matrix
+            metrics = classification_metrics(logits, d.test_y, d.num_classes)
             row.update({f"{prefix}{k}": v for k, v in metrics.items()})
             if d.val_idx.numel() > 0:
                 val = evaluate(model, d.train_x[d.val_idx], d.train_y[d.val_idx], d.policy, d.num_classes, t.eval_batch_size, self.autocast)
                 row[f"{prefix}val_top1"] = val["top1"]
         row.update(self.algorithm.eval_metrics())
         return row
+
+    def log_pictures(self, logger: RunLogger) -> None:
+        """TensorBoard figures of an evaluation: the reported model's confusion matrix and the
+        confidence of the teacher (the algorithm's extra model), else of that model, on unlabelled images."""
+        prefix = logger.eval_key[: -len("top1")]
+        teacher = self.algorithm.eval_model()
+        scorer, name = (teacher, "teacher") if teacher is not None else (self.ema_model or self.model, "model")
+        log_evaluation_pictures(logger, self.step, self.data, self.test_logits[prefix], scorer, name,
+                                self.cfg.train.eval_batch_size, self.autocast)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -228,6 +241,8 @@ class Trainer:
         t = self.cfg.train
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc=t.algo)
         last_eval: dict[str, Any] = {}
+        if self.step == 0 and (grid := views_grid(self.data)) is not None:
+            logger.image("views/none_weak_strong", grid, 0)  # what the augmentation does to a few images
         with StopRequest() as stop:
             while self.step < t.steps and not stop.requested:
                 start = time.perf_counter()
@@ -249,6 +264,7 @@ class Trainer:
                     self.check_finite()  # never evaluate (or save) diverged weights
                     last_eval = self.evaluate()
                     self.save(best=logger.evaluation(last_eval))
+                    self.log_pictures(logger)
                 elif t.save_every and self.step % t.save_every == 0:
                     self.save()
                 elif self.guard.due(self.step):
