@@ -62,7 +62,7 @@ def test_save_refuses_nonfinite_weights(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_eval_refuses_a_nonfinite_checkpoint(tmp_path, run_cli):
+def test_eval_and_resume_refuse_a_nonfinite_checkpoint(tmp_path, run_cli, capsys):
     out = tmp_path / "run"
     assert run_cli(quick_args(out, "supervised", 1))[0] == 0
     ckpt = out / "checkpoints" / "last.pt"
@@ -73,6 +73,9 @@ def test_eval_refuses_a_nonfinite_checkpoint(tmp_path, run_cli):
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "non-finite" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+    capsys.readouterr()
+    assert run_cli(["--resume", str(out), "--no-progress"])[0] == 2
+    assert "non-finite values (1 in the model)" in capsys.readouterr().err
 
 
 def test_best_is_written_after_last_and_equals_it(tmp_path, monkeypatch):
