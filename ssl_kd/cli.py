@@ -269,6 +269,9 @@ def run_main(args: argparse.Namespace) -> int:
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # raised inside an algorithm (e.g. a teacher's own optimiser)
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -127,8 +127,30 @@ def test_summary_json_is_rounded_and_times_are_split(tmp_path, run_cli):
     assert summary["wall_s"] > summary["train_s"] > 0  # wall time includes evaluations and checkpoints
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_exit_codes_and_interrupted_summary(tmp_path, sig, code):
+def test_sigint_exits_130_with_an_interrupted_summary(tmp_path, run_cli, monkeypatch):
+    """In-process (the SIGTERM test below runs a real process): Ctrl-C after the third step."""
+    from ssl_kd.trainer.trainer import Trainer
+
+    real_step = Trainer.train_one_step
+
+    def step_then_ctrl_c(self):
+        result = real_step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Trainer, "train_one_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(quick_args(out, "supervised", 10, "--eval-every", "10"))
+    assert stopped.value.code == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["steps"] == 3
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+
+
+def test_sigterm_exits_143_with_an_interrupted_summary(tmp_path):
+    sig, code = signal.SIGTERM, 143
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "tools/train.py", *quick_args(out, "supervised", 100000, "--eval-every", "100000"),
                              "--set", "train.save_every=1"],
@@ -143,3 +165,15 @@ def test_signal_exit_codes_and_interrupted_summary(tmp_path, sig, code):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["steps"] > 0
     assert (out / "checkpoints" / "last.pt").exists() and not (out / ".lock").exists()
+
+
+def test_divergence_inside_an_algorithm_is_a_clean_error(tmp_path, run_cli, capsys, monkeypatch):
+    from ssl_kd.algorithms.supervised import Supervised
+
+    def diverge(self, batch):
+        raise FloatingPointError("the teacher's loss became nan; lower algo.teacher_lr or train.lr")
+
+    monkeypatch.setattr(Supervised, "train_step", diverge)
+    code, _ = run_cli(quick_args(tmp_path / "run", "supervised", 2))
+    err = capsys.readouterr().err
+    assert code == 2 and "error: training diverged: the teacher's loss became nan" in err and "Traceback" not in err

@@ -116,3 +116,17 @@ def test_resume_with_other_steps_needs_extend(tmp_path, run_cli, capsys):
 def test_extend_without_resume_is_an_error(tmp_path, run_cli, capsys):
     code, _ = run_cli([*quick_args(tmp_path / "run", "supervised", 2), "--extend"])
     assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_sweep_reruns_an_unfinished_run_instead_of_mixing_or_failing(tmp_path, run_cli):
+    from ssl_kd.sweep import Variant, run_one
+
+    common = ["--dataset", "digits_30", "--steps", "2", "--eval-every", "2", "--batch-size", "8", "--device", "cpu",
+              "--set", "train.eval_batch_size=512"]
+    run_dir = tmp_path / "supervised_s0"
+    assert run_cli([*common, "--algo", "supervised", "--out", str(run_dir), "--no-progress"])[0] == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "interrupted": True}))
+    result = run_one(Variant("supervised", ["--algo", "supervised"]), 0, common, tmp_path)
+    assert result["interrupted"] is False and result["steps"] == 2
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # not two runs' rows

@@ -60,6 +60,7 @@ class RunLogger:
     def evaluation(self, row: dict[str, Any]) -> bool:
         """Record one evaluation; returns True when it is the best so far on `select_key`."""
         best_before = max((r[self.select_key] for r in self.history), default=float("-inf"))
+        row = rounded(row)  # 15.999999642 -> 16.0: float32 noise is not a difference
         self.history.append(row)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
