@@ -30,8 +30,8 @@ from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import classification_metrics, evaluate, predict
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger
-from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
 from ssl_kd.trainer.schedule import cosine_schedule, make_optimizer
+from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
 
 
 def seed_everything(seed: int) -> None:
