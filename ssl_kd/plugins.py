@@ -83,5 +83,5 @@ def load_recorded(records: list[dict[str, Any]] | None, given: list[str], what: 
         if path.is_file() and record.get("sha256") and file_sha256(path) != record["sha256"]:
             print(f"warning: the plug-in {path} changed since {what} was trained (sha256 "
                   f"{record['sha256'][:12]} -> {file_sha256(path)[:12]}); loading the current file", file=sys.stderr)
-        loaded.append(load_plugin(str(path) if spec.endswith(".py") else spec))
+        loaded.append({**load_plugin(str(path) if spec.endswith(".py") else spec), "spec": spec})
     return loaded

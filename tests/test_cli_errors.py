@@ -145,7 +145,11 @@ def test_read_only_out_is_a_clean_error(tmp_path, run_cli, capsys, monkeypatch):
     assert_one_clean_line(err)
 
 
-def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, run_cli, capsys, monkeypatch):
+@pytest.mark.parametrize("torch_style", [False, True])
+def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, run_cli, capsys, monkeypatch, torch_style):
+    """torch.save reports ENOSPC as a RuntimeError ("unexpected pos ...", seen on a full tmpfs);
+    a plain write reports OSError(ENOSPC). Both name the full disk and keep the last checkpoint."""
+    import collections
     import errno
 
     import ssl_kd.trainer.checkpoint as checkpoint
@@ -158,6 +162,9 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, run_cli, capsys, mon
         calls.append(path)
         if len(calls) == 2:  # the second checkpoint finds the disk full half-way
             open(path, "wb").write(b"half")
+            if torch_style:
+                monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: collections.namedtuple("U", "total used free")(1, 1, 0))
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, path)
 
@@ -167,3 +174,15 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, run_cli, capsys, mon
     assert_one_clean_line(err)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 2 and not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_a_failing_save_that_is_not_a_full_disk_is_not_called_one(tmp_path, monkeypatch):
+    import ssl_kd.trainer.checkpoint as checkpoint
+
+    def broken(obj, path):
+        raise RuntimeError("some other torch failure")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    with pytest.raises(RuntimeError, match="some other torch failure"):
+        checkpoint.save_checkpoint({}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []

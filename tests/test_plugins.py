@@ -157,6 +157,12 @@ def test_resume_eval_and_explain_load_the_recorded_plugin(stripes_run, run_cli, 
     assert set(result["ema"]["per_class"]) == {"horizontal", "vertical"}  # class names from the plug-in
     assert load_tool("explain").main(["--ckpt", str(out), "--device", "cpu", "--top", "2", "--limit", "20",
                                       "--no-tensorboard"]) == 0
+    monkeypatch.setattr(DATASETS, "_items", {k: v for k, v in DATASETS._items.items() if k != "stripes"})
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    again = out.with_name("again")  # a new run from the old run's config.yaml brings its plug-in along
+    code, summary = run_cli(["--config", str(out / "config.yaml"), "--out", str(again), "--steps", "2", "--no-progress"])
+    assert code == 0 and summary["steps"] == 2
+    assert yaml.safe_load((again / "config.yaml").read_text())["plugins"][0]["spec"] == "my_stripes.py"
 
 
 def test_missing_or_changed_recorded_plugin_is_said_clearly(stripes_run, run_cli, monkeypatch, capsys):

@@ -92,6 +92,9 @@ def test_temporary_names_are_unique_and_stale_ones_removed(tmp_path, monkeypatch
     save_checkpoint({"x": 2}, ckpts / "last.pt")
     assert len(set(names)) == 2 and all(n.startswith("last.pt.") and n.endswith(".tmp") for n in names)
     assert torch.load(ckpts / "last.pt", weights_only=False)["x"] == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (ckpts / "last.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as before, not mkstemp's 0600
 
 
 def test_failed_start_leaves_no_run_folder(tmp_path, run_cli, capsys):

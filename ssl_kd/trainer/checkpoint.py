@@ -1,10 +1,11 @@
 """Atomic checkpoints (`last.pt`, `best.pt`) and loading a run back from one."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import secrets
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ssl_kd.trainer.guard import nonfinite_parts
 from ssl_kd.trainer.rundir import TMP_SUFFIX, os_error_message
 
 FORMAT_VERSION = 1
+MIN_FREE_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -27,15 +29,18 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     a crash never leaves half a file, two writers never share a temporary name, and a failed
     write (a full disk) leaves the previous `path` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")  # created with the umask's mode
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."): look at the disk
+        full = shutil.disk_usage(path.parent).free < MIN_FREE_BYTES
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{os_error_message(err, path, 'write the checkpoint')}; "
+        if not isinstance(err, OSError) and not full:
+            raise
+        os_err = err if isinstance(err, OSError) and not full else OSError(errno.ENOSPC, "No space left on device")
+        raise CheckpointError(f"{os_error_message(os_err, path, 'write the checkpoint')}; "
                               f"the previous {path.name} (if any) is untouched") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
