@@ -4,22 +4,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ssl_kd.config import Config
+from ssl_kd.config import Config, TrainConfig
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError, SSLKDError
-from ssl_kd.plugins import load_plugins
+from ssl_kd.plugins import load_plugins, load_recorded
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
-from ssl_kd.run import algorithm_class, build_data, config_from_dict, config_summary, pick_device, resolve_config
+from ssl_kd.run import (algorithm_class, build_data, config_from_dict, config_summary, pick_device, resolve_config, validate,
+                        validate_for_data)
 from ssl_kd.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from ssl_kd.trainer.logger import RunLogger
-from ssl_kd.trainer.trainer import Trainer
+from ssl_kd.trainer.rundir import RunDir, os_error_message
+from ssl_kd.trainer.trainer import Interrupted, Trainer
 
 # Flags that map one-to-one onto TrainConfig fields (argparse dest -> field).
 TRAIN_FLAGS = ("algo", "dataset", "net", "data_dir", "download", "out", "seed", "steps", "eval_every",
@@ -28,30 +32,33 @@ RESUME_OVERRIDABLE = ("steps", "eval_every", "device", "data_dir")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a semi-supervised or distillation algorithm.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--algo", help="algorithm name (see --list)")
-    p.add_argument("--dataset", help="dataset preset <family>[_<labels>], e.g. cifar10_4k, digits_100")
-    p.add_argument("--net", help="network name (default: the dataset preset's)")
-    p.add_argument("--config", help="YAML file with train:/data:/algo: sections")
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description="Train a semi-supervised or distillation algorithm.")
+    p.add_argument("--algo", help=f"algorithm name, see --list (default: {d.algo})")
+    p.add_argument("--dataset", help=f"dataset preset <family>[_<labels>], e.g. cifar10_4k (default: {d.dataset})")
+    p.add_argument("--net", help="network name, see --list (default: the dataset preset's)")
+    p.add_argument("--config", help="YAML file with train:/data:/algo: sections, e.g. a run's config.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set algo.threshold=0.9 --set data.split_seed=1")
     p.add_argument("--data-dir", help="data folder (default: $SSL_KD_DATA, else ./data)")
     p.add_argument("--download", action="store_const", const=True, help="download missing datasets")
     p.add_argument("--out", help="run folder (default: runs/<algo>_<dataset>_s<seed>_<time>)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--uratio", type=int, help="mu: unlabelled batch = uratio * batch size")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true", help="clear the run folder first if it already holds a run")
+    p.add_argument("--seed", type=int, help=f"training seed: initialisation, batches, augmentation (default: {d.seed})")
+    p.add_argument("--steps", type=int, help="total training steps (default: the dataset preset's)")
+    p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="labelled batch size B (default: the preset's)")
+    p.add_argument("--uratio", type=int, help="mu: unlabelled batch = uratio * batch size (default: the preset's)")
+    p.add_argument("--lr", type=float, help=f"initial SGD learning rate, cosine-decayed over --steps (default: {d.lr})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (cuda when visible)")
     p.add_argument("--teacher-ckpt", metavar="RUN_OR_CKPT",
                    help="teacher-student algorithms (kd, kdaif): the trained teacher (same as --set algo.teacher_ckpt=...)")
     p.add_argument("--teacher-net", help="teacher-student algorithms: the teacher's network (same as --set algo.teacher_net=...)")
     p.add_argument("--compare", metavar="ALGO",
                    help="afterwards train ALGO with the same settings and budget, and print both results side by side")
     p.add_argument("--resume", metavar="RUN_OR_CKPT", help="resume a run folder or checkpoint exactly")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume and a different --steps: change the run's total (a new schedule from here on)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
                    help="a Python file or importable module registering extra algorithms/datasets/networks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in log files)")
@@ -59,14 +66,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def doc_line(obj: Any, width: int = 110) -> str:
+    """The first sentence of `obj`'s docstring (else of its module's), cut to `width` characters."""
+    doc = obj.__doc__ or getattr(sys.modules.get(getattr(obj, "__module__", ""), None), "__doc__", None) or ""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    text = text.split(". ")[0].rstrip(".") + "."  if text else ""
+    return text if len(text) <= width else text[:width - 3].rsplit(" ", 1)[0] + "..."
+
+
 def list_registered() -> str:
     discover_all()
-    lines = ["algorithms: " + ", ".join(ALGORITHMS.names()), "datasets:"]
+    lines = ["algorithms:", *(f"  {n:<18} {doc_line(ALGORITHMS.get(n))}" for n in ALGORITHMS.names()), "datasets:"]
     for name in DATASETS.names():
         fam = DATASETS.get(name)
         presets = ", ".join(f"{name}_{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{name}_{n}" for n in fam.presets)
         lines.append(f"  {name:<10} {fam.description} (presets: {name}{', ' + presets if presets else ''})")
-    lines.append("networks: " + ", ".join(NETWORKS.names()))
+    lines += ["networks:", *(f"  {n:<18} {doc_line(NETWORKS.get(n))}" for n in NETWORKS.names())]
     return "\n".join(lines)
 
 
@@ -74,34 +89,82 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
 
 
-def default_run_dir(cfg: Config) -> Path:
+def default_run_dir(cfg: Config, stamp: str | None = None) -> Path:
     t = cfg.train
-    return Path("runs") / f"{t.algo}_{t.dataset}_s{t.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{t.algo}_{t.dataset}_s{t.seed}_{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclasses.dataclass
+class Plan:
+    """What `main` will do: the resolved config, the run folder, and how to open it."""
+
+    cfg: Config
+    run_dir: Path
+    ckpt: Path | None = None  # resume from this checkpoint
+    plugins: list[dict[str, str]] = dataclasses.field(default_factory=list)  # the run's plug-in records
+    overwrite: bool = False
 
 
 def prepare(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
     """The resolved config, the run folder and the checkpoint to resume from (if any)."""
+    plan = make_plan(args)
+    return plan.cfg, plan.run_dir, plan.ckpt
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
     flags = given_flags(args)
+    if args.extend and not args.resume:
+        raise ConfigError("--extend changes the total steps of a resumed run; use it with --resume RUN --steps N")
     if args.resume:
-        ckpt = resolve_checkpoint(args.resume)
-        extra = sorted(set(flags) - set(RESUME_OVERRIDABLE))
-        extra += [k for k in ("teacher_ckpt", "teacher_net") if getattr(args, k)]
-        if extra or args.set or args.config:
-            raise ConfigError(f"--resume continues a run with its saved config; drop {', '.join('--' + e.replace('_', '-') for e in extra) or '--set/--config'} "
-                              f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change)")
-        cfg = config_from_dict(load_checkpoint(ckpt)["config"])
-        for key, value in flags.items():
-            setattr(cfg.train, key, value)
-        cfg.train.progress = cfg.train.progress and not args.no_progress
-        return cfg, ckpt.parent.parent, ckpt
+        return resume_plan(args, flags)
+    plugins = load_plugins(args.plugin)
     yaml_content = _load_yaml(args.config) if args.config else {}
+    if "plugins" in yaml_content:  # a run's config.yaml: its plug-ins come with it
+        plugins += load_recorded(yaml_content.pop("plugins"), [], f"--config {args.config}")
     args.set = [*(f"algo.{k}={getattr(args, k)}" for k in ("teacher_ckpt", "teacher_net") if getattr(args, k)), *args.set]
     if args.no_progress:
         args.set = [*args.set, "train.progress=false"]
     cfg = resolve_config(yaml_content, flags, args.set)
     run_dir = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg)
     cfg.train.out = str(run_dir)
-    return cfg, run_dir, None
+    return Plan(cfg, run_dir, None, plugins, args.overwrite)
+
+
+def resume_plan(args: argparse.Namespace, flags: dict[str, Any]) -> Plan:
+    """--resume: the saved config (only RESUME_OVERRIDABLE may change) and the run's plug-ins."""
+    ckpt = resolve_checkpoint(args.resume)
+    extra = sorted(set(flags) - set(RESUME_OVERRIDABLE))
+    extra += [k for k in ("teacher_ckpt", "teacher_net") if getattr(args, k)]
+    if extra or args.set or args.config or args.overwrite:
+        raise ConfigError(f"--resume continues a run with its saved config; drop {', '.join('--' + e.replace('_', '-') for e in extra) or '--set/--config/--overwrite'} "
+                          f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change)")
+    state = load_checkpoint(ckpt)
+    run_dir = ckpt.parent.parent
+    plugins = load_recorded(state.get("plugins"), args.plugin, f"the run {run_dir}")
+    cfg = config_from_dict(state["config"])
+    steps = flags.get("steps", cfg.train.steps)
+    if steps != cfg.train.steps:
+        check_extension(cfg, int(state["step"]), steps, args.extend)
+    for key, value in flags.items():
+        setattr(cfg.train, key, value)
+    validate(cfg)
+    cfg.train.progress = cfg.train.progress and not args.no_progress
+    return Plan(cfg, run_dir, ckpt, plugins)
+
+
+def check_extension(cfg: Config, step: int, steps: int, extend: bool) -> None:
+    """A different total changes the cosine schedule and the algorithms' ramps from here on: the
+    run is then no longer the trajectory of any single run, so it needs --extend and is recorded."""
+    old = cfg.train.steps
+    if steps <= step:
+        raise ConfigError(f"--steps {steps}: the run is already at step {step}; give a larger total")
+    if not extend:
+        raise ConfigError(f"--steps {steps} differs from the run's total {old}: the learning-rate schedule and ramps "
+                          f"depend on it, so the result would match neither run; add --extend to change the total "
+                          f"from step {step} on, or drop --steps to finish the run as planned")
+    cfg.train.extended = [*cfg.train.extended, f"step {step}: total {old} -> {steps}"]
+    print(f"extending the run from {old} to {steps} steps at step {step}: the schedule continues as if the run "
+          f"had been planned for {steps} steps (recorded as train.extended)", file=sys.stderr)
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -110,28 +173,67 @@ def _load_yaml(path: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
-def train(cfg: Config, run_dir: Path, ckpt: Path | None = None) -> dict[str, Any]:
+def train(cfg: Config, run_dir: Path, ckpt: Path | None = None, plugins: list[dict[str, str]] | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Train one run in `run_dir` (locked for the run's lifetime); a start that fails before the
+    first step leaves no run folder behind."""
     device = pick_device(cfg.train.device)
     data = build_data(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    validate_for_data(cfg, data)
+    folder = RunDir(run_dir, resume=ckpt is not None, overwrite=overwrite)
+    try:
+        try:
+            trainer = start_run(cfg, data, device, folder, ckpt, plugins or [])
+        except BaseException:
+            folder.discard()
+            raise
+        return run_loop(cfg, trainer, run_dir, ckpt is not None)
+    finally:
+        folder.close()
+
+
+def start_run(cfg: Config, data: Any, device: Any, folder: RunDir, ckpt: Path | None,
+              plugins: list[dict[str, str]]) -> Trainer:
+    run_dir = folder.path
+    config = {**cfg.to_dict(), **({"plugins": plugins} if plugins else {})}
+    try:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    except OSError as err:
+        raise ConfigError(os_error_message(err, run_dir / "config.yaml", "write")) from err
     trainer = Trainer(cfg, data, device, run_dir)
+    trainer.plugins = plugins
     if ckpt is not None:
         trainer.load(ckpt)
         print(f"resumed {run_dir} at step {trainer.step}", file=sys.stderr)
     print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
           f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
+    return trainer
+
+
+def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool) -> dict[str, Any]:
+    """fit() with its summary; a signal writes an interrupted summary and exits 128 + signal."""
     eval_key = "ema_top1" if cfg.train.ema > 0 else "top1"
-    logger = RunLogger(run_dir, eval_key, resume_step=trainer.step if ckpt is not None else None)
+    select_key = f"{eval_key[:-4]}val_top1" if trainer.data.val_idx.numel() > 0 else eval_key
+    logger = RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key,
+                       class_names=trainer.data.class_names)
+    interrupted: Interrupted | None = None
     try:
-        trainer.fit(logger)
-    except KeyboardInterrupt:
+        try:
+            trainer.fit(logger)
+        except Interrupted as stop:
+            interrupted = stop
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing saved after the last checkpoint
+            print(f"\ninterrupted again at step {trainer.step}; resume from the last checkpoint with: "
+                  f"python tools/train.py --resume {run_dir}", file=sys.stderr)
+            raise SystemExit(130)
+        summary = logger.summary(trainer.step, trainer.wall_s, cfg.train.median_last,
+                                 {"interrupted": interrupted is not None}, train_s=trainer.train_s)
+    finally:
         logger.close()
+    if interrupted is not None:
         print(f"\ninterrupted at step {trainer.step}; checkpoint saved. Resume with: "
               f"python tools/train.py --resume {run_dir}", file=sys.stderr)
-        raise SystemExit(130)
-    summary = logger.summary(trainer.step, trainer.wall_s, cfg.train.median_last)
-    logger.close()
+        raise SystemExit(interrupted.exit_code)
     return summary
 
 
@@ -139,36 +241,68 @@ def ood_note(data: SSLData) -> str:
     return f" (unseen classes: {data.ood_idx.numel()})" if data.ood_idx is not None else ""
 
 
+def exit_on_sigterm(signum: int, frame: Any) -> None:
+    """Outside the training loop SIGTERM ends the process as a shell expects (143), through
+    Python's exit path, so a start it interrupts is cleaned up."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm) if main_thread else None
     try:
-        load_plugins(args.plugin)
+        return run_main(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_main(args: argparse.Namespace) -> int:
+    try:
         if args.list:
+            load_plugins(args.plugin)
             print(list_registered())
             return 0
+        plan = make_plan(args)
         if args.compare:
             algorithm_class(args.compare)  # an unknown name fails now, not after the first run
-        cfg, run_dir, ckpt = prepare(args)
-        summary = train(cfg, run_dir, ckpt)
+        summary = train(plan.cfg, plan.run_dir, plan.ckpt, plan.plugins, plan.overwrite)
         print(json.dumps(summary))
         if args.compare:
-            compare(cfg, summary, args.compare)
+            compare(plan, summary, args.compare)
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:  # raised inside an algorithm (e.g. a teacher's own optimiser)
+        print(f"error: training diverged: {err}", file=sys.stderr)
         return 2
     return 0
 
 
-def compare(cfg: Config, summary: dict[str, Any], algo: str) -> None:
+def compare_dir(cfg: Config, algo: str) -> Path:
+    """The comparison run's folder, named after its own algorithm: the default name with `algo` in
+    place of the run's algorithm, else `<out>_<algo>`."""
+    out = Path(cfg.train.out)
+    prefix = f"{cfg.train.algo}_"
+    if out.name.startswith(prefix):
+        return out.with_name(f"{algo}_{out.name[len(prefix):]}")
+    return out.with_name(f"{out.name}_{algo}")
+
+
+def compare(plan: Plan, summary: dict[str, Any], algo: str) -> None:
     """Train `algo` with the run's training and data settings (its own algorithm defaults) in a
     sibling folder, and print the two results side by side."""
-    other_cfg = Config(train=dataclasses.replace(cfg.train, algo=algo, out=f"{cfg.train.out}_{algo}"), data=cfg.data,
+    cfg = plan.cfg
+    other_dir = compare_dir(cfg, algo)
+    other_cfg = Config(train=dataclasses.replace(cfg.train, algo=algo, out=str(other_dir)), data=cfg.data,
                        algo=algorithm_class(algo).Config())
-    other = train(other_cfg, Path(other_cfg.train.out))
+    other = train(other_cfg, other_dir, None, plan.plugins, plan.overwrite)
     print(json.dumps(other))
     t = cfg.train
     print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test top-1 (%) of the "
           f"{'EMA' if summary['metric'] == 'ema_top1' else 'raw'} model")
-    print(f"{'algorithm':<12} {'last':>7} {'best':>7} {'median':>7} {'wall s':>8}  run folder")
+    best = "test_top1_at_best_val" if "test_top1_at_best_val" in summary else "best_test_top1_oracle"
+    print(f"{'algorithm':<12} {'last':>7} {'median':>7} {best:>22} {'wall s':>8}  run folder")
     for name, s, folder in ((t.algo, summary, t.out), (algo, other, other_cfg.train.out)):
-        print(f"{name:<12} {s['last_top1']:>7.2f} {s['best_top1']:>7.2f} {s['median_top1']:>7.2f} {s['wall_s']:>8.1f}  {folder}")
+        print(f"{name:<12} {s['last_top1']:>7.2f} {s['median_top1']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}")

@@ -45,8 +45,10 @@ class TrainConfig:
     download: bool = False
     out: str = ""  # empty: runs/<algo>_<dataset>_s<seed>_<time>
     save_every: int = 0  # checkpoint every N steps (0: at every evaluation)
+    check_finite_every: int = 50  # check losses and weights for NaN/inf every N steps (and before every save); 0: only before saves
     median_last: int = 20  # summary.json median over the last N evaluations
     progress: bool = True
+    extended: list[str] = field(default_factory=list)  # a record of every `--resume --extend` (step, old and new total)
 
 
 @dataclass
@@ -169,12 +171,28 @@ def apply_set(cfg: Config, assignment: str) -> None:
     set_field(getattr(cfg, section), section, key, value.strip())
 
 
+EXAMPLE_CONFIG = "configs/fixmatch_digits.yaml"
+
+
 def load_yaml(path: str) -> dict[str, Any]:
+    """The mapping in a YAML config file; anything else is a ConfigError naming the file and the fix."""
     try:
-        with open(path) as f:
-            content = yaml.safe_load(f) or {}
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: file not found; give the path of a YAML file such as configs/fixmatch_cifar10.yaml")
+        raise ConfigError(f"--config {path}: file not found; give the path of a YAML file such as {EXAMPLE_CONFIG}")
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path}: is a folder; give a YAML file such as {path.rstrip('/')}/config.yaml")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file; give a YAML file such as {EXAMPLE_CONFIG}")
+    except PermissionError:
+        raise ConfigError(f"--config {path}: permission denied; make the file readable")
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML ({err})")
+        first = " ".join(str(err).split())
+        raise ConfigError(f"--config {path}: not valid YAML ({first}); fix the file")
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of sections (train:, data:, algo:), "
+                          f"got a {type(content).__name__}; see {EXAMPLE_CONFIG}")
     return content

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -61,16 +62,74 @@ def resolve_config(yaml_content: dict[str, Any], flags: dict[str, Any], sets: li
 
 
 def validate(cfg: Config) -> None:
+    """Refuse values outside their ranges with one line naming the key and the fix (the data
+    section is checked where the dataset is built: ssl_kd.data.build.check_data_config)."""
     t = cfg.train
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
-    if t.uratio < 0:
-        raise ConfigError(f"train.uratio must be >= 0, got {t.uratio}")
+    for key in ("uratio", "warmup_steps", "save_every", "check_finite_every", "median_last"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    for section in ("train", "data", "algo"):
+        check_floats(getattr(cfg, section), section)
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be a positive learning rate, got {t.lr}; e.g. --lr 0.03")
     if not 0.0 <= t.ema < 1.0:
         raise ConfigError(f"train.ema must be in [0, 1), got {t.ema}; use 0 to disable the EMA")
+    in_range(t.momentum, 0.0, 1.0, "train.momentum", "e.g. 0.9")
+    in_range(t.weight_decay, 0.0, float("inf"), "train.weight_decay", "e.g. 5e-4")
+    if cfg.algo is not None:
+        check_algo_ranges(cfg.algo)
     if t.net:
         NETWORKS.get(t.net)
+
+
+def in_range(value: float, low: float, high: float, key: str, hint: str) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be in [{low:g}, {high:g}], got {value:g}; give {hint}")
+
+
+def check_floats(section: Any, name: str) -> None:
+    """No NaN or infinite float anywhere in a config section."""
+    if section is None:
+        return
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
+
+
+def check_algo_ranges(algo_cfg: Any) -> None:
+    """Algorithm fields by naming convention: thresholds, fractions of the run (`*warmup`,
+    `*rampup*`, `*fraction`, `student_wait`), EMA decays and `alpha` lie in [0, 1];
+    temperatures are positive; loss weights (`lambda*`) are >= 0."""
+    for f in dataclasses.fields(algo_cfg):
+        value, key = getattr(algo_cfg, f.name), f"algo.{f.name}"
+        if not isinstance(value, float) or isinstance(value, bool):
+            continue
+        name = f.name
+        if (name.endswith(("threshold", "warmup", "fraction", "ema")) or "rampup" in name
+                or name in ("alpha", "student_wait")):
+            in_range(value, 0.0, 1.0, key, "a value in [0, 1]")
+        elif name.endswith("temperature") or name == "tau":
+            if value <= 0:
+                raise ConfigError(f"{key} must be positive, got {value:g}")
+        elif name.startswith("lambda") or name.endswith("_lambda"):
+            in_range(value, 0.0, float("inf"), key, "a non-negative loss weight")
+        elif name.endswith("_lr"):
+            in_range(value, 0.0, float("inf"), key, "a non-negative learning rate (0: train.lr)")
+
+
+def validate_for_data(cfg: Config, data: SSLData) -> None:
+    """Checks that need the dataset: a labelled batch far larger than the labelled set."""
+    n = data.labelled_idx.numel()
+    if n and cfg.train.batch_size > MAX_BATCH_REPEATS * n:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is far larger than the {n} labelled examples "
+                          f"(each would repeat ~{cfg.train.batch_size // n} times per batch); use --batch-size <= {MAX_BATCH_REPEATS * n}")
+
+
+MAX_BATCH_REPEATS = 10  # a labelled batch may repeat each labelled example at most this often
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:

@@ -1,7 +1,8 @@
 """Multi-seed comparisons: run several algorithms (or config variants) over seeds, one table.
 
 Each run is a `tools/train.py` subprocess with one CPU thread, `jobs` at a time, so a sweep on a
-2-core machine uses both cores; finished runs (with a summary.json) are reused when re-run.
+2-core machine uses both cores; finished runs (a summary.json not marked `interrupted`) are reused
+when re-run, unfinished ones are started again from scratch (`--overwrite`).
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ class Variant:
 def run_one(variant: Variant, seed: int, common: list[str], out: Path) -> dict:
     run_dir = out / f"{variant.label}_s{seed}"
     summary = run_dir / "summary.json"
-    if not summary.exists():
+    if not summary.exists() or json.loads(summary.read_text()).get("interrupted"):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [sys.executable, str(TRAIN), *common, *variant.args, "--seed", str(seed), "--out", str(run_dir), "--no-progress"]
+        cmd = [sys.executable, str(TRAIN), *common, *variant.args, "--seed", str(seed), "--out", str(run_dir), "--no-progress",
+               "--overwrite"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "logs" / f"{variant.label}_s{seed}.log").write_text(proc.stdout + proc.stderr)

@@ -117,7 +117,7 @@ def test_pseudolabel_unsup_loss_trains_the_prediction_not_the_target(tmp_path):
 
 def test_unsup_loss_is_off_above_any_confidence(tmp_path):
     for algo in ("pseudolabel", "uda"):
-        trainer = make_trainer(tmp_path / algo, algo, 6, "--set", "algo.threshold=1.01")
+        trainer = make_trainer(tmp_path / algo, algo, 6, "--set", "algo.threshold=1.0")  # the largest valid threshold
         out = trainer.algorithm.train_step(trainer.next_batch())
         assert out.logs["loss/unsup"] == 0 and out.mask.sum() == 0
 

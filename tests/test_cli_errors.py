@@ -83,3 +83,106 @@ def test_list(run_cli, capsys):
     out = capsys.readouterr().out
     for name in ("fixmatch", "supervised", "cifar10_4k", "digits_100", "wrn28_2", "digits_net"):
         assert name in out
+
+
+def assert_one_clean_line(err: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--lr", "-0.1"], "train.lr"),
+    (["--lr", "0"], "train.lr"),
+    (["--lr", "nan"], "train.lr"),
+    (["--lr", "inf"], "train.lr"),
+    (["--set", "algo.threshold=1.5"], "algo.threshold"),
+    (["--set", "data.label_noise=2"], "data.label_noise"),
+    (["--set", "train.momentum=-1"], "train.momentum"),
+    (["--algo", "uda", "--set", "algo.temperature=0"], "algo.temperature"),
+    (["--batch-size", "5000"], "--batch-size <= 300"),
+])
+def test_out_of_range_values(tmp_path, run_cli, capsys, extra, needle):
+    out = tmp_path / "r"
+    err = run_error(run_cli, capsys, [*quick_args(out), *extra])
+    assert needle in err
+    assert_one_clean_line(err)
+    assert not out.exists()  # a failed start leaves no run folder
+
+
+def test_config_file_errors(tmp_path, run_cli, capsys):
+    from tests.conftest import REPO
+
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- train\n- data\n")
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for path, needle in ((listing, "top level must be a mapping"), (binary, "not a text file"), (tmp_path, "is a folder"),
+                         (tmp_path / "nope.yaml", "file not found")):
+        err = run_error(run_cli, capsys, [*quick_args(tmp_path / "r"), "--config", str(path)])
+        assert needle in err, err
+        assert_one_clean_line(err)
+    example = err.split("such as ")[1].split()[0]
+    assert (REPO / example).is_file()  # the missing-file message points to a real example
+
+
+def test_example_config_trains(tmp_path, run_cli):
+    from tests.conftest import REPO
+
+    code, summary = run_cli([*quick_args(tmp_path / "r"), "--config", str(REPO / "configs" / "fixmatch_digits.yaml")])
+    assert code == 0 and summary["selected_on"] == "val"
+
+
+def test_read_only_out_is_a_clean_error(tmp_path, run_cli, capsys, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)  # root ignores chmod, so simulate the file system
+    err = run_error(run_cli, capsys, quick_args(tmp_path / "r"))
+    assert "read-only" in err and "--out" in err
+    assert_one_clean_line(err)
+
+
+@pytest.mark.parametrize("torch_style", [False, True])
+def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, run_cli, capsys, monkeypatch, torch_style):
+    """torch.save reports ENOSPC as a RuntimeError ("unexpected pos ...", seen on a full tmpfs);
+    a plain write reports OSError(ENOSPC). Both name the full disk and keep the last checkpoint."""
+    import collections
+    import errno
+
+    import ssl_kd.trainer.checkpoint as checkpoint
+
+    out = tmp_path / "r"
+    calls = []
+    real_save = torch.save
+
+    def save(obj, path):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint finds the disk full half-way
+            open(path, "wb").write(b"half")
+            if torch_style:
+                monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: collections.namedtuple("U", "total used free")(1, 1, 0))
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    err = run_error(run_cli, capsys, quick_args(out, "supervised", 4, "--eval-every", "2"))
+    assert "disk is full" in err and "untouched" in err
+    assert_one_clean_line(err)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 2 and not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_a_failing_save_that_is_not_a_full_disk_is_not_called_one(tmp_path, monkeypatch):
+    import ssl_kd.trainer.checkpoint as checkpoint
+
+    def broken(obj, path):
+        raise RuntimeError("some other torch failure")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    with pytest.raises(RuntimeError, match="some other torch failure"):
+        checkpoint.save_checkpoint({}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []

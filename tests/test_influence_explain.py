@@ -69,7 +69,7 @@ def test_explain_tool_end_to_end(tiny, tmp_path, monkeypatch, capsys):
     run = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(weight_decay=5e-4)),
                                 data=data, model=model, ema_model=None, run_dir=tmp_path)
     checkpoint = types.ModuleType("ssl_kd.trainer.checkpoint")
-    checkpoint.load_run = lambda path, device, data_dir: run
+    checkpoint.load_run = lambda path, device, data_dir, plugins=(): run
     monkeypatch.setitem(sys.modules, "ssl_kd.trainer.checkpoint", checkpoint)
     tool = load_tool()
     assert tool.main(["--ckpt", "x.pt", "--test-index", "2", "--top", "4", "--device", "cpu", "--split", "labelled"]) == 0

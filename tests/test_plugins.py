@@ -11,17 +11,18 @@ import pytest
 import yaml
 
 from ssl_kd.cli import main as train_main
-from ssl_kd.registry import ALGORITHMS, discover_all
+from ssl_kd import plugins
+from ssl_kd.registry import ALGORITHMS, DATASETS, discover_all
 from tests.conftest import REPO, quick_args
 
 
-def readme_example() -> tuple[str, str, list[str]]:
-    """(file name, code, train.py arguments) of the worked plug-in example under "Adding an algorithm"."""
+def readme_example(title: str = "Adding an algorithm") -> tuple[str, str, list[str]]:
+    """(file name, code, train.py arguments) of the worked plug-in example under `title`."""
     text = (REPO / "README.md").read_text()
-    section = text.split("## Adding an algorithm", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     command = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert code and command, "README's 'Adding an algorithm' section lost its python or bash block"
+    assert code and command, f"README's {title!r} section lost its python or bash block"
     filename = re.match(r"# (\S+\.py)", code.group(1))
     assert filename, "the example's first line must name its file: '# name.py: ...'"
     line = next(ln for ln in command.group(1).splitlines() if "--plugin" in ln)
@@ -34,6 +35,8 @@ def scratch_registry(monkeypatch):
     """Plug-ins loaded in-process register into a copy of the algorithm registry, dropped afterwards."""
     discover_all()  # the built-ins first: they register once per process
     monkeypatch.setattr(ALGORITHMS, "_items", dict(ALGORITHMS._items))
+    monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))
+    monkeypatch.setattr(plugins, "_LOADED", {})
 
 
 def test_readme_example_trains_from_a_temporary_folder(tmp_path, monkeypatch, run_cli, scratch_registry):
@@ -103,3 +106,79 @@ def test_plugin_given_as_an_importable_module_name(tmp_path, monkeypatch, run_cl
                              "--set", "algo.scale=0.25"])
     assert code == 0 and summary["steps"] == 2
     assert yaml.safe_load((out / "config.yaml").read_text())["algo"] == {"scale": 0.25}
+
+
+def load_tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.fixture
+def stripes_run(tmp_path, monkeypatch, run_cli, scratch_registry):
+    """The README's dataset plug-in trained for 4 steps from a temporary folder: (folder, plug-in file)."""
+    filename, code, readme_args = readme_example("Adding a dataset")
+    (tmp_path / filename).write_text(code)
+    monkeypatch.chdir(tmp_path)
+    dataset = readme_args[readme_args.index("--dataset") + 1]
+    out = tmp_path / "run"
+    exit_code, summary = run_cli([*quick_args(out, "fixmatch", 4), *readme_args[:2], "--dataset", dataset,
+                                  "--eval-every", "2"])
+    assert exit_code == 0 and summary["steps"] == 4
+    return out, tmp_path / filename
+
+
+def test_readme_dataset_example_records_its_plugin(stripes_run):
+    out, plugin = stripes_run
+    import hashlib
+
+    import torch
+
+    recorded = yaml.safe_load((out / "config.yaml").read_text())["plugins"]
+    expected = {"spec": plugin.name, "path": str(plugin.resolve()), "sha256": hashlib.sha256(plugin.read_bytes()).hexdigest()}
+    assert recorded == [expected]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["plugins"] == [expected]
+
+
+def test_resume_eval_and_explain_load_the_recorded_plugin(stripes_run, run_cli, monkeypatch, capsys):
+    out, _ = stripes_run
+    import json
+
+    monkeypatch.setattr(DATASETS, "_items", {k: v for k, v in DATASETS._items.items() if k != "stripes"})
+    monkeypatch.setattr(plugins, "_LOADED", {})  # as in a fresh process: only the run's record knows the plug-in
+    code, summary = run_cli(["--resume", str(out), "--steps", "6", "--extend", "--no-progress"])
+    assert code == 0 and summary["steps"] == 6
+    capsys.readouterr()
+    assert load_tool("eval").main(["--ckpt", str(out), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["ema"]["per_class"]) == {"horizontal", "vertical"}  # class names from the plug-in
+    assert load_tool("explain").main(["--ckpt", str(out), "--device", "cpu", "--top", "2", "--limit", "20",
+                                      "--no-tensorboard"]) == 0
+    monkeypatch.setattr(DATASETS, "_items", {k: v for k, v in DATASETS._items.items() if k != "stripes"})
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    again = out.with_name("again")  # a new run from the old run's config.yaml brings its plug-in along
+    code, summary = run_cli(["--config", str(out / "config.yaml"), "--out", str(again), "--steps", "2", "--no-progress"])
+    assert code == 0 and summary["steps"] == 2
+    assert yaml.safe_load((again / "config.yaml").read_text())["plugins"][0]["spec"] == "my_stripes.py"
+
+
+def test_missing_or_changed_recorded_plugin_is_said_clearly(stripes_run, run_cli, monkeypatch, capsys):
+    out, plugin = stripes_run
+    monkeypatch.setattr(DATASETS, "_items", {k: v for k, v in DATASETS._items.items() if k != "stripes"})
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    moved = plugin.with_name("moved.py")
+    plugin.rename(moved)
+    capsys.readouterr()
+    assert load_tool("eval").main(["--ckpt", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(plugin.resolve()) in err and "missing" in err and "--plugin" in err
+    assert load_tool("eval").main(["--ckpt", str(out), "--device", "cpu", "--plugin", str(moved)]) == 0
+    monkeypatch.setattr(DATASETS, "_items", {k: v for k, v in DATASETS._items.items() if k != "stripes"})
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    plugin.write_text(moved.read_text() + "\n# edited\n")
+    capsys.readouterr()
+    assert load_tool("eval").main(["--ckpt", str(out), "--device", "cpu"]) == 0
+    assert "changed since" in capsys.readouterr().err

@@ -54,8 +54,8 @@ def test_fixmatch_unsup_loss_has_gradient_and_ema_none(tmp_path):
     assert all(not p.requires_grad for p in trainer.ema_model.parameters())
 
 
-def test_fixmatch_mask_threshold_one_gives_zero_unsup(tmp_path):
-    trainer = make_trainer(tmp_path, "fixmatch", 2, "--set", "algo.threshold=1.01")
+def test_fixmatch_mask_threshold_one_gives_zero_unsup(tmp_path):  # 1.0: the largest valid threshold
+    trainer = make_trainer(tmp_path, "fixmatch", 2, "--set", "algo.threshold=1.0")
     out = trainer.algorithm.train_step(trainer.next_batch())
     assert out.logs["loss/unsup"] == 0 and out.mask.sum() == 0
 
@@ -83,7 +83,7 @@ def test_cli_run_writes_run_folder_and_tensorboard(tmp_path, run_cli):
     assert [r["step"] for r in rows] == [10, 20]
     assert {"step", "top1", "ema_top1", "loss", "top5", "balanced_acc", "macro_f1", "per_class"} <= set(rows[0])
     assert summary["steps"] == 20 and summary["last_top1"] == rows[-1]["ema_top1"]
-    for key in ("best_top1", "median_top1", "wall_s", "steps_per_s"):
+    for key in ("best_test_top1_oracle", "median_top1", "wall_s", "train_s", "steps_per_s"):
         assert summary[key] is not None
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -99,7 +99,7 @@ def test_cli_run_writes_run_folder_and_tensorboard(tmp_path, run_cli):
 def test_cli_resume_continues_to_more_steps(tmp_path, run_cli):
     out = tmp_path / "run"
     assert run_cli(quick_args(out, "supervised", 4, "--eval-every", "2"))[0] == 0
-    code, summary = run_cli(["--resume", str(out), "--steps", "6", "--no-progress"])
+    code, summary = run_cli(["--resume", str(out), "--steps", "6", "--extend", "--no-progress"])
     assert code == 0 and summary["steps"] == 6
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]

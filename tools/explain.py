@@ -5,7 +5,7 @@
 Writes into <run>/explain/ a PNG grid of the most helpful and most harmful training images (with
 labels, pseudo-labels, scores and weights), a weight histogram and a CSV of every example's
 score and weight; the figures also go to the run's TensorBoard log (<run>/tb, tags explain/...).
-Prints where they are.
+Prints where they are. Plug-ins the run recorded are loaded automatically.
 Influence is measured on the validation split (the labelled split if there is none), or on one
 test example with --test-index. Sign: I < 0 helps (see ssl_kd.influence).
 """
@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="rank a seeded random subset of this many examples (0: all)")
     parser.add_argument("--out", default="", help="output folder (default: <run>/explain)")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not write the figures to TensorBoard")
+    parser.add_argument("--plugin", action="append", default=[],
+                        help="plug-in file or module to load instead of those the run recorded (e.g. one that moved)")
     return parser.parse_args(argv)
 
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ssl_kd.trainer.checkpoint import load_run
 
-        run = load_run(args.ckpt, args.device, args.data_dir)
+        run = load_run(args.ckpt, args.device, args.data_dir, args.plugin)
         model = run.ema_model if args.model == "ema" and run.ema_model is not None else run.model
         run_dir = Path(run.run_dir)
         out = Path(args.out) if args.out else run_dir / "explain"

@@ -1,12 +1,15 @@
 """Atomic checkpoints (`last.pt`, `best.pt`) and loading a run back from one."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import secrets
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -14,16 +17,53 @@ from torch import nn
 from ssl_kd.config import Config
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError
+from ssl_kd.trainer.guard import nonfinite_parts
+from ssl_kd.trainer.rundir import TMP_SUFFIX, os_error_message
 
 FORMAT_VERSION = 1
+MIN_FREE_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a uniquely named temporary file in the same folder, then rename it onto `path`:
+    a crash never leaves half a file, two writers never share a temporary name, and a failed
+    write (a full disk) leaves the previous `path` as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")  # created with the umask's mode
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."): look at the disk
+        full = shutil.disk_usage(path.parent).free < MIN_FREE_BYTES
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError) and not full:
+            raise
+        os_err = err if isinstance(err, OSError) and not full else OSError(errno.ENOSPC, "No space left on device")
+        raise CheckpointError(f"{os_error_message(os_err, path, 'write the checkpoint')}; "
+                              f"the previous {path.name} (if any) is untouched") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
+
+
+def copy_checkpoint(source: Path, path: Path) -> None:
+    """`best.pt` as an atomic copy of the `last.pt` just written (never newer than `last.pt`)."""
+    _atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def check_finite_state(state: dict[str, Any], path: Path | str) -> None:
+    """Refuse a checkpoint whose model, EMA or optimiser state holds NaN or inf."""
+    bad = nonfinite_parts({"model": state.get("model"), "EMA model": state.get("ema"),
+                           "optimiser state": state.get("optimizer")})
+    if bad:
+        parts = ", ".join(f"{n} in the {name}" for name, n in bad.items())
+        raise CheckpointError(f"checkpoint {path} holds non-finite values ({parts}): the run diverged before it was "
+                              "written; use an earlier checkpoint or retrain with a lower learning rate")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -75,13 +115,17 @@ class LoadedRun:
     state: dict[str, Any]
 
 
-def load_run(path: str | Path, device: str = "auto", data_dir: str = "") -> LoadedRun:
-    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder)."""
+def load_run(path: str | Path, device: str = "auto", data_dir: str = "", plugins: list[str] | tuple[str, ...] = ()) -> LoadedRun:
+    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder),
+    loading the plug-ins it recorded (or `plugins` instead, when given)."""
+    from ssl_kd.plugins import load_recorded
     from ssl_kd.run import build_data, build_network, config_from_dict, pick_device
 
     ckpt = resolve_checkpoint(path)
     dev = pick_device(device)
     state = load_checkpoint(ckpt, dev)
+    check_finite_state(state, ckpt)
+    load_recorded(state.get("plugins"), list(plugins), f"the run of {ckpt}")
     cfg = config_from_dict(state["config"])
     if data_dir:
         cfg.train.data_dir = data_dir

@@ -28,13 +28,19 @@ def predict(model: nn.Module, x: torch.Tensor, policy: AugPolicy | None, batch_s
     return torch.cat(logits), torch.cat(feats)
 
 
+def confusion_matrix(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts of (true class, predicted class)."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=y.device)
+    confusion.index_put_((y, logits.argmax(-1)), torch.ones_like(y), accumulate=True)
+    return confusion
+
+
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Metrics from logits; classes absent from `y` are left out of balanced accuracy and F1."""
     pred = logits.argmax(-1)
     k = min(5, num_classes)
     top5 = (logits.topk(k, dim=-1).indices == y[:, None]).any(-1).float().mean()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=y.device)
-    confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    confusion = confusion_matrix(logits, y, num_classes)
     support = confusion.sum(1).float()
     predicted = confusion.sum(0).float()
     tp = confusion.diag().float()

@@ -3,29 +3,36 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from ssl_kd.errors import DataError
+
 
 class RunLogger:
     """Writes `<run>/tb/`, `<run>/metrics.jsonl` and `<run>/summary.json`.
 
-    `eval_key` is the accuracy the summary is about (`ema_top1` when an EMA is kept, as in
-    FixMatch's protocol, else `top1`).
+    `eval_key` is the test accuracy the summary is about (`ema_top1` when an EMA is kept, as in
+    FixMatch's protocol, else `top1`). `select_key` is the accuracy `best.pt` is chosen on: the
+    validation split's (`ema_val_top1`) when the dataset has one, else the test split's, which is
+    an oracle choice and is named so in the summary (`best_test_top1_oracle`).
     """
 
-    def __init__(self, run_dir: Path, eval_key: str, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, eval_key: str, resume_step: int | None = None, select_key: str | None = None,
+                 class_names: list[str] | None = None) -> None:
         self.run_dir = run_dir
+        self.class_names = class_names or []
         self.eval_key = eval_key
+        self.select_key = select_key or eval_key
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
         if resume_step is not None and self.metrics_path.exists():
             # Drop evaluations written after the checkpoint we resume from; they will be redone.
-            rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r["step"] <= resume_step]
+            self.history = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
@@ -36,33 +43,87 @@ class RunLogger:
     def histogram(self, key: str, values: torch.Tensor, step: int) -> None:
         self.tb.add_histogram(key, values.detach().float().cpu(), step)
 
+    def figure(self, tag: str, fig: Any, step: int) -> None:
+        self.tb.add_figure(tag, fig, step, close=False)
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        self.tb.add_image(tag, image, step)
+
+    def per_class(self, row: dict[str, Any]) -> None:
+        """Per-class accuracies (`per_class`, `ema_per_class`, ...) as scalars named by class."""
+        for key, values in row.items():
+            if key.endswith("per_class") and isinstance(values, list):
+                names = self.class_names if len(self.class_names) == len(values) else [str(i) for i in range(len(values))]
+                for name, value in zip(names, values):
+                    self.tb.add_scalar(f"eval_{key}/{name}", value, row["step"])
+
     def evaluation(self, row: dict[str, Any]) -> bool:
-        """Record one evaluation; returns True when it is the best so far."""
-        best_before = max((r[self.eval_key] for r in self.history), default=float("-inf"))
+        """Record one evaluation; returns True when it is the best so far on `select_key`."""
+        best_before = max((r[self.select_key] for r in self.history), default=float("-inf"))
+        row = rounded(row)  # 15.999999642 -> 16.0: float32 noise is not a difference
         self.history.append(row)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in row.items():
             if isinstance(value, (int, float)) and key != "step":
                 self.tb.add_scalar(f"eval/{key}", value, row["step"])
+        self.per_class(row)
         self.tb.flush()
-        return row[self.eval_key] > best_before
+        return row[self.select_key] > best_before
 
-    def summary(self, steps: int, wall_s: float, median_last: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def summary(self, steps: int, wall_s: float, median_last: int, extra: dict[str, Any] | None = None,
+                train_s: float | None = None) -> dict[str, Any]:
+        """Write and return summary.json. Test figures selected on the test split carry `oracle`
+        in their name; a result to report is `median_top1`, `last_top1` or `test_top1_at_best_val`."""
         accs = [r[self.eval_key] for r in self.history]
         summary: dict[str, Any] = {
             "metric": self.eval_key,
-            "best_top1": max(accs, default=None),
+            "selected_on": "val" if self.select_key != self.eval_key else "test",
             "last_top1": accs[-1] if accs else None,
             "median_top1": statistics.median(accs[-median_last:]) if accs else None,
+            "best_test_top1_oracle": max(accs, default=None),
+        }
+        if self.select_key != self.eval_key:
+            best = max(self.history, key=lambda r: r[self.select_key], default=None)
+            summary["best_val_top1"] = best[self.select_key] if best else None
+            summary["test_top1_at_best_val"] = best[self.eval_key] if best else None
+        train_s = wall_s if train_s is None else train_s
+        summary.update({
             "evaluations": len(accs),
             "steps": steps,
-            "wall_s": round(wall_s, 2),
-            "steps_per_s": round(steps / wall_s, 3) if wall_s > 0 else None,
+            "wall_s": wall_s,
+            "train_s": train_s,
+            "steps_per_s": steps / train_s if train_s > 0 else None,
             **(extra or {}),
-        }
+        })
+        summary = rounded(summary)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def close(self) -> None:
         self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl; a torn last line (a crash mid-write) is dropped with a warning."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise DataError(f"{path} line {i + 1} is not JSON ({line[:40]!r}...); repair or delete that line")
+            print(f"warning: dropped a torn last line of {path} ({line[:40]!r}...)", file=sys.stderr)
+    return rows
+
+
+def rounded(value: Any, digits: int = 4) -> Any:
+    """Floats in JSON shown to users without float noise (97.60000109672546 -> 97.6)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value

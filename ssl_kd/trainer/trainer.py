@@ -25,12 +25,14 @@ from ssl_kd.data.sampler import InfiniteSampler
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
-from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.ema import make_ema, update_ema
-from ssl_kd.trainer.evaluate import evaluate
+from ssl_kd.trainer.evaluate import classification_metrics, evaluate, predict
+from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger
 from ssl_kd.trainer.monitor import ood_logs
 from ssl_kd.trainer.schedule import cosine_schedule, make_optimizer
+from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
 
 
 def seed_everything(seed: int) -> None:
@@ -87,7 +89,17 @@ class Trainer:
             if self.algorithm.needs_unlabelled else None
         )
         self.step = 0
-        self.wall_s = 0.0
+        self.train_s = 0.0  # time spent in training steps, over every session of the run
+        self.wall_before = 0.0  # real wall time of the run's earlier sessions (resume)
+        self.started = time.perf_counter()
+        self.guard = FiniteGuard(t.check_finite_every)
+        self.test_logits: dict[str, torch.Tensor] = {}  # the last evaluation's, per model prefix
+        self.plugins: list[dict[str, str]] = []  # plug-in records (ssl_kd.plugins), kept in checkpoints
+
+    @property
+    def wall_s(self) -> float:
+        """The run's real wall time: evaluations, checkpoints and earlier sessions included."""
+        return self.wall_before + time.perf_counter() - self.started
 
     # ----- pieces of one step -------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -117,8 +129,7 @@ class Trainer:
         self.algorithm.step = self.step
         with self.autocast():
             out = self.algorithm.train_step(batch)
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"loss became {out.loss.item()} at step {self.step}; lower train.lr or check the data")
+        self.guard.record(self.step + 1, out.loss)  # checked with the weights on check steps (no sync here)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -149,7 +160,9 @@ class Trainer:
         for prefix, model in models.items():
             if model is None:
                 continue
-            metrics = evaluate(model, d.test_x, d.test_y, d.policy, d.num_classes, t.eval_batch_size, self.autocast)
+            logits, _ = predict(model, d.test_x, d.policy, t.eval_batch_size, self.autocast)
+            self.test_logits[prefix] = logits  # for the confusion matrix
+            metrics = classification_metrics(logits, d.test_y, d.num_classes)
             row.update({f"{prefix}{k}": v for k, v in metrics.items()})
             if d.val_idx.numel() > 0:
                 val = evaluate(model, d.train_x[d.val_idx], d.train_y[d.val_idx], d.policy, d.num_classes, t.eval_batch_size, self.autocast)
@@ -157,11 +170,21 @@ class Trainer:
         row.update(self.algorithm.eval_metrics())
         return row
 
+    def log_pictures(self, logger: RunLogger) -> None:
+        """TensorBoard figures of an evaluation: the reported model's confusion matrix and the
+        confidence of the teacher (the algorithm's extra model), else of that model, on unlabelled images."""
+        prefix = logger.eval_key[: -len("top1")]
+        teacher = self.algorithm.eval_model()
+        scorer, name = (teacher, "teacher") if teacher is not None else (self.ema_model or self.model, "model")
+        log_evaluation_pictures(logger, self.step, self.data, self.test_logits[prefix], scorer, name,
+                                self.cfg.train.eval_batch_size, self.autocast)
+
     def state(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
             "step": self.step,
             "wall_s": self.wall_s,
+            "train_s": self.train_s,
             "model": self.model.state_dict(),
             "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -170,14 +193,29 @@ class Trainer:
             "samplers": {"labelled": self.labelled.state_dict(),
                          "unlabelled": self.unlabelled.state_dict() if self.unlabelled else None},
             "rng": rng_state(),
+            "plugins": self.plugins,
         }
 
-    def save(self, name: str = "last.pt") -> None:
-        save_checkpoint(self.state(), self.run_dir / "checkpoints" / name)
+    def check_finite(self) -> None:
+        """Raise DivergenceError if a loss since the last check, or the model, EMA or optimiser
+        state, is not finite (one host sync)."""
+        ema = self.ema_model.state_dict() if self.ema_model is not None else None
+        self.guard.check(self.step, {"model": self.model.state_dict(), "EMA model": ema,
+                                     "optimiser state": self.optimizer.state})
+
+    def save(self, best: bool = False) -> None:
+        """Write `last.pt` (after checking the state is finite), then copy it to `best.pt` if `best`."""
+        self.check_finite()
+        last = self.run_dir / "checkpoints" / "last.pt"
+        save_checkpoint(self.state(), last)
+        self.guard.last_good = (self.step, last)
+        if best:
+            copy_checkpoint(last, last.with_name("best.pt"))
 
     def load(self, path: str | Path) -> None:
         """Restore every piece of state from a checkpoint of the same configuration."""
         state = load_checkpoint(path, self.device)
+        check_finite_state(state, path)
         saved = state["config"]["train"]
         for key in ("algo", "dataset", "net"):
             if saved[key] != getattr(self.cfg.train, key):
@@ -194,15 +232,20 @@ class Trainer:
             self.unlabelled.load_state_dict(state["samplers"]["unlabelled"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
-        self.wall_s = float(state.get("wall_s", 0.0))
+        self.train_s = float(state.get("train_s", 0.0))
+        self.wall_before, self.started = float(state.get("wall_s", 0.0)), time.perf_counter()
+        self.guard.last_good = (self.step, Path(path))
 
     # ----- the loop ---------------------------------------------------------------------------
     def fit(self, logger: RunLogger) -> dict[str, Any]:
         """Train up to `train.steps`. Ctrl-C or SIGTERM stops after the current step and saves
-        `last.pt` there (a second Ctrl-C stops at once), so an interrupted run resumes exactly."""
+        `last.pt` there (a second signal stops at once), so an interrupted run resumes exactly;
+        it then raises `Interrupted` carrying the signal."""
         t = self.cfg.train
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc=t.algo)
         last_eval: dict[str, Any] = {}
+        if self.step == 0 and (grid := views_grid(self.data)) is not None:
+            logger.image("views/none_weak_strong", grid, 0)  # what the augmentation does to a few images
         with StopRequest() as stop:
             while self.step < t.steps and not stop.requested:
                 start = time.perf_counter()
@@ -217,21 +260,43 @@ class Trainer:
                     logger.scalars(scalars, self.step)
                     for key, values in out.histograms.items():
                         logger.histogram(key, values, self.step)
-                    bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", acc=f"{last_eval.get(logger.eval_key, 0.0):.1f}")
-                self.wall_s += time.perf_counter() - start
+                    bar.set_postfix(progress_postfix(scalars, last_eval, logger.eval_key))
+                self.train_s += time.perf_counter() - start
                 bar.update(1)
                 if self.step % t.eval_every == 0 or self.step == t.steps:
+                    self.check_finite()  # never evaluate (or save) diverged weights
                     last_eval = self.evaluate()
-                    if logger.evaluation(last_eval):
-                        self.save("best.pt")
-                    self.save()
+                    self.save(best=logger.evaluation(last_eval))
+                    self.log_pictures(logger)
                 elif t.save_every and self.step % t.save_every == 0:
                     self.save()
+                elif self.guard.due(self.step):
+                    self.check_finite()
         bar.close()
         if stop.requested:
             self.save()
-            raise KeyboardInterrupt(f"stopped at step {self.step}")
+            raise Interrupted(stop.signum, self.step)
         return last_eval
+
+
+def progress_postfix(scalars: dict[str, float], last_eval: dict[str, Any], eval_key: str) -> dict[str, str]:
+    """The bar's loss, and the evaluated accuracy under its own name once there is one."""
+    postfix = {"loss": f"{scalars['loss/total']:.3f}"}
+    if eval_key in last_eval:
+        postfix[f"test_{eval_key}"] = f"{last_eval[eval_key]:.1f}"
+    return postfix
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM after saving `last.pt`; `exit_code` is 128 + signal."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by signal {signum} at step {step}")
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 class StopRequest:
@@ -239,10 +304,11 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = int(signal.SIGINT)
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.requested, self.signum = True, signum
         signal.signal(signum, self._old[signum])  # a second signal acts at once
 
     def __enter__(self) -> "StopRequest":
