@@ -128,15 +128,18 @@ def table(runs: list[Run], references: list[str], metric: str, resamples: int, s
         labels = [label for label in (order or sorted(by_label)) if label in by_label]
         refs = [ref for ref in references if ref in by_label]
         missing = [ref for ref in references if ref not in by_label]
-        head = ["algorithm", "seeds", "median (range)"] + [f"vs {ref}: mean [95% CI]" for ref in refs] + [f"W/L/T vs {ref}" for ref in refs]
+        head = ["algorithm", "seeds", "median (range)"]
+        for ref in refs:
+            head += [f"vs {ref}: mean [95% CI]", "W/L/T"]
         lines = [f"### {setting}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for label in labels:
             values = by_label[label]
             cells = [label, ",".join(str(s) for s in sorted(values)),
                      f"{statistics.median(values.values()):.1f} ({min(values.values()):.1f}-{max(values.values()):.1f})"]
             comparisons = [None if ref == label else paired(values, by_label[ref], resamples, seed) for ref in refs]
-            cells += ["" if c is None else f"{c.mean:+.2f} [{c.low:+.2f}, {c.high:+.2f}] (n={c.pairs})" for c in comparisons]
-            cells += ["" if c is None else f"{c.wins}/{c.losses}/{c.ties}" for c in comparisons]
+            for c in comparisons:
+                cells += ["", ""] if c is None else [f"{c.mean:+.2f} [{c.low:+.2f}, {c.high:+.2f}] (n={c.pairs})",
+                                                     f"{c.wins}/{c.losses}/{c.ties}"]
             lines.append("| " + " | ".join(cells) + " |")
         if missing:
             lines += ["", f"No runs of {', '.join(missing)} in this setting."]
