@@ -9,7 +9,12 @@ it); then the teacher adds h * CE(teacher(strong view), pseudo-label) to its los
 feedback of ssl_kd.teacher.mpl_feedback (h > 0 when the pseudo-labels lowered the student's
 labelled loss: the label is rewarded). The student's EMA is the evaluated model (`ema_top1`);
 the teacher is evaluated as `algo_top1`. For the first `student_wait` of the steps only the
-teacher learns (the code's student_wait_steps).
+teacher learns (the port's student_wait_steps, where the student's learning rate is 0): the student
+is not run and the trainer gets a loss with no path to it, so SGD skips its parameters and neither
+weight decay nor momentum moves it (nor are its BatchNorm statistics updated). Unlike the port,
+the student's momentum does not gather the wait's gradients and its schedule is not shifted.
+The teacher's consistency mask is taken on the sharpened weak-view prediction, as in the port
+(UDA's own code masks the raw one).
 
 Defaults from the authors' CIFAR-10 setting as re-implemented in kekmodel/MPL-pytorch: UDA
 temperature 0.7, threshold 0.95, UDA weight 8 ramped up linearly, teacher learning rate equal to
@@ -22,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -59,7 +65,8 @@ class MPL(Algorithm):
         self.student = plain_module(model)
         self.teacher = ctx.make_net(cfg.teacher_net or ctx.train_cfg.net)
         self.teacher_opt = TeacherOptimiser(self.teacher, ctx.train_cfg, cfg.teacher_lr)
-        self.uda = UDA(self.teacher, UDAConfig(cfg.uda_temperature, cfg.uda_threshold, 1.0), ctx)
+        uda_cfg = UDAConfig(temperature=cfg.uda_temperature, threshold=cfg.uda_threshold, mask_sharpened=True)
+        self.uda = UDA(self.teacher, uda_cfg, ctx)
         self.wait_steps = round(cfg.student_wait * ctx.total_steps)
         self._teacher_step: Callable[[], None] | None = None
 
@@ -73,9 +80,11 @@ class MPL(Algorithm):
         uda_weight = self.cfg.uda_lambda * linear_rampup(self.step + 1, self.cfg.uda_rampup * self.ctx.total_steps)
         t_loss = t_sup + uda_weight * consistency
         pseudo = t_us.detach().argmax(-1)
-        s_logits, _ = self.model(x_us)
         student_learns = self.step >= self.wait_steps
-        s_loss = F.cross_entropy(s_logits.float(), pseudo) * float(student_learns)
+        if student_learns:
+            s_loss = F.cross_entropy(self.model(x_us)[0].float(), pseudo)
+        else:  # no gradient reaches the student, so the optimiser leaves it exactly as it is
+            s_loss = torch.zeros((), device=x_us.device, requires_grad=True)
         logs: dict[str, Any] = {"loss/student": s_loss.detach(), "loss/teacher_sup": t_sup.detach(),
                                 "loss/teacher_uda": consistency.detach(), "train/uda_mask_ratio": mask.mean()}
         if student_learns:

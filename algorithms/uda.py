@@ -28,6 +28,9 @@ class UDAConfig:
     threshold: float = 0.8  # confidence of the weak view below which an example is masked out
     lambda_u: float = 1.0  # weight of the unlabelled loss
     tsa: str = "none"  # training-signal annealing: none, linear, exp or log
+    # mask on the confidence of the sharpened target (the MPL port's rule) instead of the raw
+    # prediction's (the UDA paper's code)
+    mask_sharpened: bool = False
 
 
 @register_algorithm("uda")
@@ -57,9 +60,9 @@ class UDA(Algorithm):
     def unsup_loss(self, logits_weak: torch.Tensor, logits_strong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masked KL from the sharpened, detached weak-view prediction to the strong-view one."""
         probs = torch.softmax(logits_weak.detach().float(), dim=-1)
-        conf, pseudo = probs.max(-1)
-        mask = (conf >= self.cfg.threshold).float()
         targets = sharpen(probs, self.cfg.temperature)
+        conf, pseudo = (targets if self.cfg.mask_sharpened else probs).max(-1)
+        mask = (conf >= self.cfg.threshold).float()
         kl = (targets * (targets.clamp_min(1e-12).log() - F.log_softmax(logits_strong.float(), dim=-1))).sum(-1)
         return masked_mean(kl, mask), pseudo, mask
 

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from ssl_kd.config import Config
+from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError, SSLKDError
 from ssl_kd.plugins import load_plugins
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
@@ -119,7 +120,7 @@ def train(cfg: Config, run_dir: Path, ckpt: Path | None = None) -> dict[str, Any
         trainer.load(ckpt)
         print(f"resumed {run_dir} at step {trainer.step}", file=sys.stderr)
     print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
-          f"unlabelled={data.unlabelled_idx.numel()} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
+          f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
     eval_key = "ema_top1" if cfg.train.ema > 0 else "top1"
     logger = RunLogger(run_dir, eval_key, resume_step=trainer.step if ckpt is not None else None)
     try:
@@ -132,6 +133,10 @@ def train(cfg: Config, run_dir: Path, ckpt: Path | None = None) -> dict[str, Any
     summary = logger.summary(trainer.step, trainer.wall_s, cfg.train.median_last)
     logger.close()
     return summary
+
+
+def ood_note(data: SSLData) -> str:
+    return f" (unseen classes: {data.ood_idx.numel()})" if data.ood_idx is not None else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,9 @@ class DataConfig:
     val_per_class: int = 0  # validation examples per class carved out of the training set
     label_noise: float = 0.0  # fraction of labelled labels flipped (noise probe)
     noise_mode: str = "symmetric"  # symmetric | pairwise (to the next class)
+    # class mismatch: None = all classes; S in [0, 1] = seen classes only, a share S of the
+    # unlabelled pool from the unseen ones (ssl_kd.data.mismatch)
+    unlabelled_mismatch: float | None = None
 
 
 @dataclass

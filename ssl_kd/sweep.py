@@ -43,7 +43,12 @@ def run_one(variant: Variant, seed: int, common: list[str], out: Path) -> dict:
             tail = proc.stderr.strip().splitlines()[-3:]
             raise SSLKDError(f"run {variant.label} seed {seed} failed (exit {proc.returncode}): {' | '.join(tail)}; "
                              f"see {out / 'logs' / f'{variant.label}_s{seed}.log'}")
-    return {**json.loads(summary.read_text()), **final_metrics(run_dir)}
+    return read_run(run_dir)
+
+
+def read_run(run_dir: Path) -> dict:
+    """A finished run's figures: its summary.json keys and the last evaluation's `final_<key>`."""
+    return {**json.loads((run_dir / "summary.json").read_text()), **final_metrics(run_dir)}
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:

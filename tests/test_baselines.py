@@ -7,11 +7,15 @@ and resume is exact. Training two steps is covered for every algorithm in test_t
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from ssl_kd.algorithms.flexmatch import FlexThresholder, convex_mapping
+from ssl_kd.algorithm import Batch, Context
+from ssl_kd.algorithms.fixmatch import FixMatch, FixMatchConfig
+from ssl_kd.algorithms.flexmatch import FlexMatch, FlexMatchConfig, FlexThresholder, convex_mapping
+from ssl_kd.algorithms.uda import UDA, UDAConfig
 from ssl_kd.augment.views import make_view
 from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import anneal, linear_rampup, sigmoid_rampup
@@ -116,6 +120,69 @@ def test_unsup_loss_is_off_above_any_confidence(tmp_path):
         trainer = make_trainer(tmp_path / algo, algo, 6, "--set", "algo.threshold=1.01")
         out = trainer.algorithm.train_step(trainer.next_batch())
         assert out.logs["loss/unsup"] == 0 and out.mask.sum() == 0
+
+
+# ----- whole training losses computed by hand on a tiny batch ------------------------------------------------
+
+class LogitsAreInputs(torch.nn.Module):
+    """A 'network' whose logits are its inputs, so a batch can be written as logits."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+def tiny(algo_cls, cfg, dataset_size: int = 6):  # type: ignore[no-untyped-def]
+    """An algorithm over 3 classes and a 3-class batch written as logits: two labelled examples
+    (probabilities 1/2 for their class 0, then 1/3 for class 2) and two unlabelled ones whose weak
+    views give probabilities (0.8, 0.1, 0.1) and (0.25, 0.5, 0.25), and strong views uniform and (0.2, 0.6, 0.2)."""
+    data = SimpleNamespace(unlabelled_idx=torch.arange(dataset_size), train_y=torch.zeros(dataset_size, dtype=torch.long))
+    ctx = Context(num_classes=3, total_steps=10, device=torch.device("cpu"), data=data, train_cfg=None)
+    log = math.log
+    batch = Batch(x_l={"weak": torch.tensor([[log(2), 0, 0], [0, 0, 0]])}, y_l=torch.tensor([0, 2]), idx_l=torch.tensor([0, 1]),
+                  x_u={"weak": torch.tensor([[log(8), 0, 0], [0, log(2), 0]]), "strong": torch.tensor([[0, 0, 0], [0, log(3), 0]])},
+                  idx_u=torch.tensor([4, 5]))
+    return algo_cls(LogitsAreInputs(), cfg, ctx), batch
+
+
+SUP = (math.log(2) + math.log(3)) / 2  # mean cross-entropy of the two labelled examples
+
+
+def test_fixmatch_loss_by_hand():
+    algo, batch = tiny(FixMatch, FixMatchConfig(threshold=0.6, lambda_u=2.0))
+    out = algo.train_step(batch)
+    # only the first weak view (confidence 0.8) passes 0.6; its strong view is uniform: CE log 3; mean over 2
+    assert out.mask.tolist() == [1.0, 0.0] and out.pseudo_labels.tolist() == [0, 1]
+    assert out.loss.item() == pytest.approx(SUP + 2.0 * math.log(3) / 2)
+
+
+def test_uda_loss_by_hand():
+    algo, batch = tiny(UDA, UDAConfig(temperature=0.5, threshold=0.6, lambda_u=1.0))
+    out = algo.train_step(batch)
+    # the confident weak view (0.8, 0.1, 0.1) sharpened with T 0.5 is (64, 1, 1) / 66; KL to the uniform strong view
+    target = [64 / 66, 1 / 66, 1 / 66]
+    kl = sum(t * (math.log(t) + math.log(3)) for t in target)
+    assert out.mask.tolist() == [1.0, 0.0]
+    assert out.loss.item() == pytest.approx(SUP + kl / 2)
+
+
+def test_uda_mask_on_the_sharpened_confidence_as_mpl_uses_it():
+    # weak view (0.8, 0.1, 0.1): raw confidence 0.8 < 0.95, sharpened with T 0.5 64/66 = 0.97 >= 0.95
+    for sharpened, expected in ((False, [0.0, 0.0]), (True, [1.0, 0.0])):
+        algo, batch = tiny(UDA, UDAConfig(temperature=0.5, threshold=0.95, mask_sharpened=sharpened))
+        assert algo.train_step(batch).mask.tolist() == expected
+
+
+def test_flexmatch_loss_by_hand():
+    algo, batch = tiny(FlexMatch, FlexMatchConfig(threshold=0.6, lambda_u=1.0))
+    algo.thresholder.predictions[:3] = torch.tensor([0, 0, 1])  # earlier confident predictions
+    out = algo.train_step(batch)
+    # the batch is recorded first: example 4 (confidence 0.8 >= 0.6) joins class 0, example 5 (0.5) is not counted.
+    # sigma = (3, 1, 0), 2 of 6 unused: beta = sigma / 3 = (1, 1/3, 0); thresholds 0.6 * M(beta) = (0.6, 0.12, 0)
+    assert algo.thresholder.predictions.tolist() == [0, 0, 1, -1, 0, -1]
+    torch.testing.assert_close(algo.thresholder.class_thresholds(), torch.tensor([0.6, 0.12, 0.0]))
+    # both pass now (0.8 >= 0.6 for class 0, 0.5 >= 0.12 for class 1): CE log 3 and -log 0.6, mean over 2
+    assert out.mask.tolist() == [1.0, 1.0]
+    assert out.loss.item() == pytest.approx(SUP + (math.log(3) - math.log(0.6)) / 2)
 
 
 # ----- FlexMatch: counters, learning effect, thresholds ------------------------------------------------------

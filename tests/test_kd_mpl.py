@@ -108,6 +108,23 @@ def test_mpl_teacher_gets_the_feedback_and_the_student_only_its_own_loss(tmp_pat
     assert all(p.grad is None for p in trainer.ema_model.parameters())
 
 
+def test_mpl_student_is_untouched_while_it_waits(tmp_path):
+    """The port's student_wait has learning rate 0: with weight decay and momentum on, neither
+    the student's weights nor its BatchNorm statistics may move until the wait is over."""
+    trainer = make_trainer(tmp_path, "mpl", 8, "--set", "algo.student_wait=0.5", "--set", "train.weight_decay=0.01")
+    assert trainer.cfg.train.momentum > 0
+    student = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    teacher = [p.detach().clone() for p in trainer.algorithm.teacher.parameters()]
+    for _ in range(4):  # the wait: steps 0-3
+        trainer.train_one_step()
+        trainer.step += 1
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in student.items())
+    assert any(not torch.equal(a, b) for a, b in zip(teacher, trainer.algorithm.teacher.parameters()))
+    trainer.train_one_step()  # step 4: the student learns
+    assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in student.items())
+    assert trainer.algorithm.uda.cfg.mask_sharpened  # the teacher's mask follows the port
+
+
 def test_mpl_resume_is_exact(tmp_path):
     first = make_trainer(tmp_path, "mpl", 6, "--set", "algo.student_wait=0.2")
     run_steps(first, 3)

@@ -12,6 +12,7 @@ import torch
 
 from ssl_kd.config import DataConfig
 from ssl_kd.data.family import DatasetFamily, RawData
+from ssl_kd.data.mismatch import UNSEEN, SeenClasses, mismatched_pool, seen_classes
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.registry import DATASETS, discover, unknown_name_message
@@ -56,38 +57,53 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
     FixMatch protocol: labelled examples included); without one, every non-validation example is
     labelled and the unlabelled set is empty.
 
-    With label noise, `train_y` holds the (partly flipped) labels used for training and
-    `noisy_idx` the flipped indices. Unlabelled examples share `train_y`, so pseudo-label
-    accuracy monitoring compares against the noisy label at those indices.
+    With `data.unlabelled_mismatch` the model has the family's seen classes only and the
+    unlabelled pool is drawn as `ssl_kd.data.mismatch` says; the preset's labels per class
+    (`cifar10_4k`: 400) are kept for each seen class.
+
+    With label noise, `train_y` holds the (partly flipped) labels used for training, `clean_y`
+    the labels before flipping, and `noisy_idx` the flipped indices (labelled split only: the
+    validation split is never noised).
     """
     check_data_config(data_cfg)
     family, labels = resolve_family(name)
     per_class = labels_per_class(labels, family.num_classes, name) if labels is not None else None
     raw = family.load(data_dir / family.name, download)
     check_labels(raw, family)
-    check_class_sizes(name, raw.train_y.bincount(minlength=family.num_classes), data_cfg.val_per_class, per_class)
+    mismatch = data_cfg.unlabelled_mismatch
+    if mismatch is not None and per_class is None:
+        raise ConfigError(f"data.unlabelled_mismatch applies to presets with unlabelled data, not {name!r}; "
+                          f"use e.g. {family.name}_<labels> or drop data.unlabelled_mismatch.")
+    view = seen_classes(family, raw) if mismatch is not None else SeenClasses(raw.train_y, raw.test_x, raw.test_y, raw.class_names)
+    seen_y = view.train_y[view.train_y != UNSEEN]
+    check_class_sizes(name, seen_y.bincount(minlength=view.num_classes), data_cfg.val_per_class, per_class)
     generator = torch.Generator().manual_seed(data_cfg.split_seed)
     val_idx, labelled_idx, rest_idx = split_indices(
-        raw.train_y, family.num_classes, per_class, data_cfg.val_per_class, generator
+        view.train_y, view.num_classes, per_class, data_cfg.val_per_class, generator
     )
-    train_y, noisy_idx = raw.train_y, None
+    unlabelled_idx, ood_idx = rest_idx if per_class is not None else torch.empty(0, dtype=torch.int64), None
+    if mismatch is not None:
+        unlabelled_idx, ood_idx = mismatched_pool(view.train_y, rest_idx, mismatch, generator)
+    train_y, noisy_idx = view.train_y, None
     if data_cfg.label_noise > 0:
         train_y, noisy_idx = flip_labels(
-            raw.train_y, labelled_idx, data_cfg.label_noise, data_cfg.noise_mode, family.num_classes, generator
+            view.train_y, labelled_idx, data_cfg.label_noise, data_cfg.noise_mode, view.num_classes, generator
         )
     return SSLData(
         name=name,
         train_x=raw.train_x,
         train_y=train_y,
         labelled_idx=labelled_idx,
-        unlabelled_idx=rest_idx if per_class is not None else torch.empty(0, dtype=torch.int64),
+        unlabelled_idx=unlabelled_idx,
         val_idx=val_idx,
-        test_x=raw.test_x,
-        test_y=raw.test_y,
-        num_classes=family.num_classes,
+        test_x=view.test_x,
+        test_y=view.test_y,
+        num_classes=view.num_classes,
         policy=family.policy,
-        class_names=raw.class_names,
+        class_names=view.class_names,
         noisy_idx=noisy_idx,
+        ood_idx=ood_idx if ood_idx is not None and ood_idx.numel() else None,
+        clean_y=view.train_y if noisy_idx is not None else None,
     )
 
 
@@ -96,6 +112,10 @@ def check_data_config(cfg: DataConfig) -> None:
         raise ConfigError(f"data.noise_mode={cfg.noise_mode!r} is not valid; use one of: {', '.join(NOISE_MODES)}.")
     if not 0.0 <= cfg.label_noise <= 1.0:
         raise ConfigError(f"data.label_noise={cfg.label_noise} is not a fraction; give a value in [0, 1], e.g. 0.2.")
+    share = cfg.unlabelled_mismatch
+    if share is not None and not 0.0 <= share <= 1.0:
+        raise ConfigError(f"data.unlabelled_mismatch={share} is not a share; give a value in [0, 1] (e.g. 0.5), "
+                          f"or none for the standard all-class setting.")
     if cfg.val_per_class < 0:
         raise ConfigError(f"data.val_per_class={cfg.val_per_class} is negative; give 0 (no validation split) or more.")
 

@@ -54,6 +54,7 @@ class DatasetFamily:
     load: Callable[[Path, bool], RawData]
     protocol: dict[str, Any] = field(default_factory=dict)
     presets: tuple[int, ...] = ()  # label counts listed by `--list` (any count is accepted)
+    seen_classes: tuple[int, ...] = ()  # labelled classes under data.unlabelled_mismatch (ssl_kd.data.mismatch)
     description: str = ""
 
 

@@ -25,7 +25,8 @@ class SSLData:
     `train_x`/`train_y` hold the whole training set; the splits are index tensors into it.
     `unlabelled_idx` is the whole training set in the FixMatch protocol (empty for a fully
     labelled preset); its labels are known in benchmark splits and are used only to monitor
-    pseudo-label accuracy, never for training. `val_idx` is carved out of the training set and
+    pseudo-label accuracy (`true_labels`), never for training. Under class mismatch
+    (`ssl_kd.data.mismatch`) training images of unseen classes are labelled -1. `val_idx` is carved out of the training set and
     excluded from the labelled and unlabelled splits.
     """
 
@@ -41,6 +42,13 @@ class SSLData:
     policy: AugPolicy
     class_names: list[str] = field(default_factory=list)
     noisy_idx: torch.Tensor | None = None  # labelled indices whose label was flipped (noise probe)
+    ood_idx: torch.Tensor | None = None  # unlabelled indices of unseen classes (data.unlabelled_mismatch > 0)
+    clean_y: torch.Tensor | None = None  # the labels before flipping when noisy_idx is set
+
+    def true_labels(self, idx: torch.Tensor) -> torch.Tensor:
+        """Ground truth of training examples, to monitor pseudo-labels only (never to train on):
+        the label before any noise flip, and -1 for an unseen class (which no prediction matches)."""
+        return (self.clean_y if self.clean_y is not None else self.train_y)[idx]
 
     @property
     def has_unlabelled(self) -> bool:

@@ -29,6 +29,7 @@ from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, save_c
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import evaluate
 from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer.monitor import ood_logs
 from ssl_kd.trainer.schedule import cosine_schedule, make_optimizer
 
 
@@ -127,7 +128,7 @@ class Trainer:
         self.algorithm.after_step()
         logs = {"loss/total": out.loss.detach(), **out.logs}
         if out.pseudo_labels is not None and batch.idx_u is not None:
-            truth = self.data.train_y[batch.idx_u]
+            truth = self.data.true_labels(batch.idx_u)  # -1 (never correct) for unseen classes
             correct = (out.pseudo_labels == truth).float()
             logs["train/pseudo_label_acc"] = 100.0 * correct.mean()
             if out.mask is not None:
@@ -136,6 +137,8 @@ class Trainer:
             if out.weights is not None:
                 w = out.weights.float()
                 logs["train/weighted_pseudo_label_acc"] = 100.0 * (correct * w).sum() / w.sum().clamp(min=1e-12)
+        if self.data.ood_idx is not None and batch.idx_u is not None:
+            logs.update(ood_logs(self.data.true_labels(batch.idx_u) < 0, out))
         return logs, out
 
     # ----- evaluation and checkpoints ---------------------------------------------------------

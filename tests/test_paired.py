@@ -1,0 +1,72 @@
+"""tools/paired.py on synthetic run folders whose answer can be checked by hand."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ssl_kd.errors import ConfigError
+from ssl_kd.paired import bootstrap_interval, paired, read_runs
+from tools.paired import main as paired_main
+
+
+def fake_run(folder: Path, algo: str, seed: int, top1: float, dataset: str = "digits_30", **data: object) -> None:
+    folder.mkdir(parents=True)
+    config = {"train": {"algo": algo, "dataset": dataset, "seed": seed, "steps": 1000}, "data": {"split_seed": 0, **data}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "summary.json").write_text(json.dumps({"last_top1": top1}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 1000, "ema_top1": top1, "ema_val_top1": top1 - 10}) + "\n")
+
+
+def test_bootstrap_of_two_differences_spans_them() -> None:
+    # resampled means of (1, 3) are 1, 2 or 3 with chances 1/4, 1/2, 1/4: the 95% interval is [1, 3]
+    assert bootstrap_interval(np.array([1.0, 3.0]), 10_000, 0) == (1.0, 3.0)
+    assert bootstrap_interval(np.array([2.0, 2.0, 2.0]), 10_000, 5) == (2.0, 2.0)
+    a, b = bootstrap_interval(np.array([1.0, -1.0, 4.0]), 10_000, 0), bootstrap_interval(np.array([1.0, -1.0, 4.0]), 10_000, 0)
+    assert a == b  # seeded
+
+
+def test_paired_difference_uses_common_seeds_only() -> None:
+    result = paired({0: 80.0, 1: 82.0, 2: 90.0, 3: 50.0}, {0: 79.0, 1: 83.0, 2: 86.0}, 1000, 0)
+    assert result.pairs == 3 and result.mean == pytest.approx(4 / 3)
+    assert (result.wins, result.losses, result.ties) == (2, 1, 0)
+    assert -1.0 <= result.low < result.mean < result.high <= 4.0
+    assert paired({5: 1.0}, {0: 1.0}, 100, 0) is None
+
+
+def test_table_pairs_runs_across_sweep_folders(tmp_path, capsys) -> None:
+    for seed, (ours, ref) in enumerate([(80.0, 79.0), (82.0, 83.0), (90.0, 86.0)]):
+        fake_run(tmp_path / "a" / f"ours_s{seed}", "kdaif", seed, ours)
+        fake_run(tmp_path / "a" / f"kd_s{seed}", "kd", seed, ref)
+        fake_run(tmp_path / "b" / f"kd_plus2_s{seed}", "kd", seed, ref + 2)  # another sweep, same seeds
+        fake_run(tmp_path / "c" / f"kd_s{seed}", "kd", seed, 10.0, unlabelled_mismatch=0.5)  # another setting
+    (tmp_path / "a" / "ours_s3").mkdir()
+    (tmp_path / "a" / "ours_s3" / "config.yaml").write_text("{}")  # unfinished: no summary.json
+    out = tmp_path / "table.md"
+    assert paired_main([str(tmp_path / d) for d in "abc"] + ["--ref", "kd", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "### digits_30, 1000 steps\n" in text and "### digits_30, 1000 steps, data.unlabelled_mismatch=0.5" in text
+    assert "| ours | 0,1,2 | 82.0 (80.0-90.0) | +1.33 [" in text and "(n=3) | 2/1/0 |" in text
+    assert "| kd_plus2 | 0,1,2 | 85.0 (81.0-88.0) | +2.00 [+2.00, +2.00] (n=3) | 3/0/0 |" in text
+    assert "| kd | 0,1,2 | 10.0 (10.0-10.0) |  |  |" in text
+    assert "ours_s3" in capsys.readouterr().err
+
+
+def test_a_run_given_twice_is_refused(tmp_path) -> None:
+    fake_run(tmp_path / "a" / "kd_s0", "kd", 0, 1.0)
+    fake_run(tmp_path / "b" / "kd_s0", "kd", 0, 2.0)
+    with pytest.raises(ConfigError, match="both kd seed 0"):
+        read_runs([tmp_path / "a", tmp_path / "b"], "last_top1")
+
+
+def test_final_metrics_and_unknown_metric(tmp_path) -> None:
+    fake_run(tmp_path / "kd_s0", "kd", 0, 70.0)
+    (run,), _ = read_runs([tmp_path], "final_ema_val_top1")
+    assert run.value == 60.0 and run.label == "kd"
+    with pytest.raises(ConfigError, match="no metric 'nope'"):
+        read_runs([tmp_path], "nope")
+    with pytest.raises(ConfigError, match="neither a run folder"):
+        read_runs([tmp_path / "kd_s0" / "missing"], "last_top1")
