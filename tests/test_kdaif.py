@@ -13,7 +13,7 @@ from ssl_kd.cli import main as train_main
 from ssl_kd.errors import CheckpointError, ConfigError
 from tests.conftest import make_trainer, quick_args, run_steps
 
-UPDATES = ["frozen", "ema", "weighted_ce", "mpl"]
+UPDATES = ["frozen", "ema", "weighted_ce", "mpl", "feedback"]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_teacher_gradients_only_when_the_teacher_is_trained(tmp_path, update):
     algo = trainer.algorithm
     run_steps(trainer, 2)  # one warm-up step, then one distillation step
     teacher_grads = [p.grad for p in algo.teacher.parameters()]
-    if update in ("weighted_ce", "mpl"):
+    if update in ("weighted_ce", "mpl", "feedback"):
         assert all(p.requires_grad for p in algo.teacher.parameters())
         assert sum(float(g.abs().sum()) for g in teacher_grads if g is not None) > 0
     else:
