@@ -13,7 +13,9 @@ give helpful examples the larger weight.
 By default theta is the classifier head (last linear layer with bias), where gradients, Hessian
 and its products have closed forms in the features and logits a training step already computed
 (`head.py`); `solve.py` does the damped solve (Cholesky, CG, K-FAC, EK-FAC); `full.py` covers
-every parameter with torch.func for fidelity studies; `weights.py` maps scores to weights;
+every parameter with torch.func for fidelity studies; `projected.py` covers the last block(s)
+plus the head cheaply (seeded random projection of the gradients, Gauss-Newton curvature in k
+dimensions, one JVP per scored batch; `ProjectedInfluence`); `weights.py` maps scores to weights;
 `weighter.py` schedules it all; `explain.py` ranks training examples and writes a report;
 `noise.py` measures how well low weights find flipped labels.
 
@@ -39,11 +41,12 @@ from ssl_kd.influence.explain import Ranking, rank_training_examples, write_repo
 from ssl_kd.influence.full import FullConfig, full_influence
 from ssl_kd.influence.head import HeadCurvature, HeadLoss
 from ssl_kd.influence.noise import flip_detection_auc, flip_labels
+from ssl_kd.influence.projected import ProjectedConfig, ProjectedInfluence
 from ssl_kd.influence.solve import SolveOptions, solve_head
 from ssl_kd.influence.weighter import InfluenceConfig, InfluenceWeighter
 
 __all__ = [
-    "FullConfig", "HeadCurvature", "HeadLoss", "InfluenceConfig", "InfluenceError", "InfluenceWeighter", "Ranking",
-    "SolveOptions", "flip_detection_auc", "flip_labels", "full_influence", "rank_training_examples", "solve_head",
-    "write_report",
+    "FullConfig", "HeadCurvature", "HeadLoss", "InfluenceConfig", "InfluenceError", "InfluenceWeighter",
+    "ProjectedConfig", "ProjectedInfluence", "Ranking", "SolveOptions", "flip_detection_auc", "flip_labels",
+    "full_influence", "rank_training_examples", "solve_head", "write_report",
 ]

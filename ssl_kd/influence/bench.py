@@ -8,6 +8,8 @@
 - noise / cifar: ROC-AUC of low weight at finding flipped labels with 20% symmetric noise, on
   digits / on 5000 CIFAR-10 images (needs --data-dir with cifar10/cifar-10-batches-py);
 - full: Spearman agreement of head-restricted with full-network influence on a BatchNorm CNN.
+
+Projected multi-layer influence has its own script: `python -m ssl_kd.influence.bench_projected`.
 """
 from __future__ import annotations
 
