@@ -45,6 +45,8 @@ from ssl_kd.teacher import (TEACHER_UPDATES, TeacherOptimiser, load_teacher, mpl
 from ssl_kd.trainer.ema import update_ema
 
 MODES = ("auto", "ssl", "kd")
+SELF_TRAINED = ("weighted_ce", "mpl", "feedback")  # teacher updates that train the teacher with its own optimiser
+SSL_ONLY = ("mpl", "feedback")  # teacher updates that learn from pseudo-labels on unlabelled data
 TARGETS = ("hard", "soft")
 
 
@@ -53,7 +55,7 @@ class KDConfig:
     mode: str = "auto"  # auto (ssl when the dataset has an unlabelled split, else kd) | ssl | kd
     teacher_ckpt: str = ""  # run folder or .pt of a trained ssl_kd run; required in KD mode
     teacher_net: str = ""  # teacher network; default: the checkpoint's, else train.net
-    teacher_update: str = "auto"  # frozen | ema | weighted_ce | mpl; auto: frozen with a checkpoint, else ema
+    teacher_update: str = "auto"  # frozen | ema | weighted_ce | mpl | feedback; auto: frozen with a checkpoint, else ema
     teacher_warmup: float = 0.1  # SSL mode without a checkpoint: fraction of train.steps before pseudo-labels are used
     teacher_lr: float = 0.0  # the teacher's SGD learning rate (0: train.lr)
     teacher_ema: float = 0.99  # ema: decay of the teacher's average of the student
@@ -66,6 +68,7 @@ class KDConfig:
     uda_threshold: float = 0.95  # mpl: the teacher's UDA confidence mask (MPL code: 0.95)
     uda_lambda: float = 8.0  # mpl: weight of the teacher's UDA loss (MPL code: 8)
     uda_rampup: float = 0.1  # mpl: linear ramp-up of the UDA weight over this fraction of train.steps
+    feedback_decay: float = 0.99  # feedback: decay of the running baseline of the weights
 
 
 def resolve_mode(mode: str, has_unlabelled: bool, dataset: str) -> str:
@@ -96,11 +99,12 @@ class KD(Algorithm):
         if self.update == "frozen" and not cfg.teacher_ckpt and self.warmup_steps == 0:
             raise ConfigError("teacher_update=frozen without --teacher-ckpt would freeze a random network; "
                               "give --teacher-ckpt or set algo.teacher_warmup > 0 to warm the teacher up first")
-        trains_ever = self.update in ("weighted_ce", "mpl") or (self.update == "frozen" and self.warmup_steps > 0)
+        trains_ever = self.update in SELF_TRAINED or (self.update == "frozen" and self.warmup_steps > 0)
         self.teacher_opt = TeacherOptimiser(self.teacher, ctx.train_cfg, cfg.teacher_lr) if trains_ever else None
         self.uda = UDA(self.teacher, UDAConfig(cfg.uda_temperature, cfg.uda_threshold, 1.0), ctx) if self.update == "mpl" else None
         set_trainable(self.teacher, self.teacher_trains(0))
         self._teacher_step: Callable[[], None] | None = None  # the teacher's update, run after the student's step
+        self.feedback_baseline = torch.ones((), device=ctx.device)  # feedback: running mean of the pseudo-label weights
         warm = f"{self.warmup_steps} warm-up steps ({self.warmup_phase()}), then " if self.warmup_steps else ""
         print(f"{self.name}: {self.mode.upper()} mode; teacher {source}; teacher update: {warm}{self.update}",
               file=sys.stderr)
@@ -121,9 +125,9 @@ class KD(Algorithm):
         if self.update == "ema" and cfg.teacher_ckpt:
             raise ConfigError("teacher_update=ema makes the teacher an average of the student, which would overwrite the "
                               "--teacher-ckpt teacher with a random student's weights; use frozen or weighted_ce")
-        if self.mode == "kd" and self.update == "mpl":
-            raise ConfigError("teacher_update=mpl learns from the student's progress on pseudo-labelled unlabelled data, "
-                              "so it needs SSL mode; in KD mode use frozen, ema or weighted_ce")
+        if self.mode == "kd" and self.update in SSL_ONLY:
+            raise ConfigError(f"teacher_update={self.update} learns from the student's use of pseudo-labelled unlabelled "
+                              "data, so it needs SSL mode; in KD mode use frozen, ema or weighted_ce")
 
     def build_teacher(self) -> tuple[nn.Module, str]:
         cfg, train_net = self.cfg, self.ctx.train_cfg.net
@@ -144,13 +148,19 @@ class KD(Algorithm):
 
     def teacher_trains(self, step: int) -> bool:
         """Whether the teacher is optimised at `step` (only then do its parameters get gradients)."""
-        return self.update in ("weighted_ce", "mpl") or (self.update == "frozen" and step < self.warmup_steps)
+        return self.update in SELF_TRAINED or (self.update == "frozen" and step < self.warmup_steps)
 
     # ----- weights: ones here, influence weights in KD-AIF ---------------------------------------
     def unlabelled_weights(self, feats: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                           idx: torch.Tensor | None) -> torch.Tensor:
-        """Per-example weights of the pseudo-label loss (detached); `targets` are what the loss uses."""
+                           idx: torch.Tensor | None, confidence: torch.Tensor) -> torch.Tensor:
+        """Per-example weights of the pseudo-label loss (detached); `targets` are what the loss uses,
+        `confidence` the teacher's maximum probability on the weak view."""
         return torch.ones(logits.shape[0], device=logits.device)
+
+    def labelled_loss(self, logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """SSL mode's supervised term: mean cross-entropy over the labelled batch (KD-AIF's
+        cross-fitted reference leaves one fold of the labelled set out of it)."""
+        return F.cross_entropy(logits.float(), labels)
 
     def labelled_weights(self, feats: torch.Tensor, logits: torch.Tensor, teacher_probs: torch.Tensor,
                          labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -214,13 +224,13 @@ class KD(Algorithm):
         conf, pseudo = probs.max(-1)
         mask = (conf >= cfg.threshold).float()
         (s_l, _), (s_us, f_us) = forward_concat(self.model, x_l, x_us)
-        sup = F.cross_entropy(s_l.float(), y_l)
+        sup = self.labelled_loss(s_l, y_l, batch.idx_l)
         if cfg.target == "hard":
             per_example, targets = F.cross_entropy(s_us.float(), pseudo, reduction="none"), pseudo
         else:
             targets = torch.softmax(t_uw.detach().float() / cfg.tau, dim=-1)
             per_example = tempered_kl(s_us, targets, cfg.tau)
-        w = self.unlabelled_weights(f_us, s_us, targets, batch.idx_u)
+        w = self.unlabelled_weights(f_us, s_us, targets, batch.idx_u, conf)
         unsup = (w * mask * per_example).mean()
         loss = sup + cfg.lambda_u * unsup
         logs: dict[str, Any] = {"loss/sup": sup.detach(), "loss/unsup": unsup.detach(),
@@ -230,6 +240,9 @@ class KD(Algorithm):
             t_pseudo = (w * mask * F.cross_entropy(t_us.float(), pseudo, reduction="none")).mean()
             t_loss = F.cross_entropy(t_l.float(), y_l) + cfg.lambda_u * t_pseudo
             logs.update({"loss/teacher": t_loss.detach(), "loss/teacher_pseudo": t_pseudo.detach()})
+            self._teacher_step = lambda: self.teacher_opt.step(t_loss)
+        elif self.update == "feedback":
+            t_loss = self.teacher_feedback_loss(t_l, t_uw, y_l, pseudo, w * mask, logs)
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
         elif self.update == "mpl":
             t_loss = self.teacher_uda_loss(t_l, t_uw, t_us, y_l, logs)
@@ -268,6 +281,16 @@ class KD(Algorithm):
         logs.update({"loss/teacher_sup": sup.detach(), "loss/teacher_uda": consistency.detach()})
         return sup + weight * consistency
 
+    def teacher_feedback_loss(self, t_l: torch.Tensor, t_uw: torch.Tensor, y_l: torch.Tensor, pseudo: torch.Tensor,
+                              w: torch.Tensor, logs: dict[str, Any]) -> torch.Tensor:
+        """Labelled CE + lambda_u mean_i (w_i - b) CE(teacher(weak_i), pseudo_i), b a running mean of w:
+        REINFORCE with the weight as each pseudo-label's reward and b as the baseline."""
+        reward = w.detach() - self.feedback_baseline
+        self.feedback_baseline = self.cfg.feedback_decay * self.feedback_baseline + (1 - self.cfg.feedback_decay) * w.detach().mean()
+        t_pseudo = (reward * F.cross_entropy(t_uw.float(), pseudo, reduction="none")).mean()
+        logs.update({"loss/teacher_feedback": t_pseudo.detach(), "train/feedback_baseline": self.feedback_baseline})
+        return F.cross_entropy(t_l.float(), y_l) + self.cfg.lambda_u * t_pseudo
+
     def after_step(self) -> None:
         if self._teacher_step is not None:
             self._teacher_step()
@@ -279,12 +302,13 @@ class KD(Algorithm):
         return self.teacher
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(),
+        return {"teacher": self.teacher.state_dict(), "feedback_baseline": self.feedback_baseline.clone(),
                 "teacher_opt": self.teacher_opt.state_dict() if self.teacher_opt is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "teacher" not in state:
             raise ValueError(f"a {self.name} checkpoint holds its teacher; this one holds {sorted(state)}")
         self.teacher.load_state_dict(state["teacher"])
+        self.feedback_baseline = state["feedback_baseline"].to(self.feedback_baseline.device)
         if self.teacher_opt is not None:
             self.teacher_opt.load_state_dict(state["teacher_opt"])

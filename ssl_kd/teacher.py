@@ -8,6 +8,10 @@ Teacher update mechanisms (`TEACHER_UPDATES`), chosen per run:
 - `weighted_ce`: fine-tuned by its own optimiser on labelled cross-entropy plus the weighted
   pseudo-label loss (the weights the student's loss uses).
 - `mpl`: trained by its own optimiser on UDA's losses plus the MPL feedback (`mpl_feedback`).
+- `feedback`: trained by its own optimiser on labelled cross-entropy plus a per-example version
+  of MPL's feedback: each pseudo-label's cross-entropy on the teacher's weak view, times its
+  weight minus a running baseline, so the teacher makes pseudo-labels that weighed more than
+  usual more likely and the others less. With every weight 1 (`kd`) the term vanishes.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from ssl_kd.errors import CheckpointError
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
 from ssl_kd.trainer.schedule import cosine_factor, cosine_schedule, make_optimizer
 
-TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl")
+TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl", "feedback")
 
 
 def plain_module(model: nn.Module) -> nn.Module:

@@ -7,7 +7,7 @@ from torch import nn
 
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence import InfluenceConfig, InfluenceError, InfluenceWeighter
-from ssl_kd.influence.weights import ScoreHistory, exp_minmax_weights, sigmoid_weights
+from ssl_kd.influence.weights import exp_minmax_weights, robust_spread, sigmoid_weights
 
 D, C, B = 6, 4, 32
 
@@ -80,14 +80,21 @@ def test_static_table_looks_up_by_index():
     fv, _, yv = batch(4, n=20)
     idx = torch.arange(100, 150)
     scores = w.fit_static(head(), fv, yv, ft, yt, idx)
-    f, logits, y = batch(5, n=4)  # ignored: weights come from the table
-    out = w.weights(f, logits, y, step=0, idx=torch.tensor([100, 149, 120, 100]))
+    f, logits, _ = batch(5, n=4)  # ignored: logits and features come from the table
+    rows = torch.tensor([0, 49, 20, 0])
+    out = w.weights(f, logits, yt[rows], step=0, idx=rows + 100)
     assert out[0] == out[3]
     assert (out[0] > out[1]) == (scores[0] < scores[49])
+    # the table scores the target the loss uses now, not the one given to fit_static
+    other = (yt[rows] + 1) % C
+    rescored = w.weights(f, logits, other, step=0, idx=rows + 100)
+    table_logits = head()(ft[rows]).detach()
+    torch.testing.assert_close(w.static_scores(rows + 100, other), w.scores(ft[rows], table_logits, other))
+    assert not torch.allclose(rescored, out)
     with pytest.raises(InfluenceError, match="did not score"):
-        w.weights(f, logits, y, step=0, idx=torch.tensor([3]))
+        w.weights(f, logits, other, step=0, idx=torch.tensor([3]))
     with pytest.raises(InfluenceError, match="pass idx"):
-        w.weights(f, logits, y, step=0)
+        w.weights(f, logits, other, step=0)
 
 
 def test_ema_smooths_per_index():
@@ -107,9 +114,9 @@ def test_ema_smooths_per_index():
 
 
 def test_state_dict_resumes_exactly():
-    cfg = InfluenceConfig(ema=0.5, history=50)
+    cfg = InfluenceConfig(ema=0.5, accumulate=True)
     w = refreshed(cfg)
-    for step in range(3):  # fill the score history past its capacity, and the EMA table
+    for step in range(3):  # fill the reference scores, the EMA and accumulation tables
         f, logits, y = batch(10 + step)
         w.weights(f, logits, y, step, idx=torch.arange(B) + step)
     resumed = InfluenceWeighter(cfg)
@@ -118,17 +125,51 @@ def test_state_dict_resumes_exactly():
     idx = torch.arange(B)
     assert torch.equal(w.weights(f, logits, y, 5, idx), resumed.weights(f, logits, y, 5, idx))
     assert resumed.last_refresh == w.last_refresh and resumed.damping == w.damping
-    with pytest.raises(InfluenceError, match="history"):
-        InfluenceWeighter(InfluenceConfig(history=7)).load_state_dict(w.state_dict())
+    state = w.state_dict()
+    del state["acc_sum"]
+    with pytest.raises(InfluenceError, match="different version"):
+        InfluenceWeighter(cfg).load_state_dict(state)
 
 
-def test_history_ring_buffer_keeps_the_latest():
-    h = ScoreHistory(4)
-    h.add(torch.tensor([1.0, 2.0, 3.0]))
-    h.add(torch.tensor([4.0, 5.0]))
-    assert sorted(h.values().tolist()) == [2.0, 3.0, 4.0, 5.0]
-    h.add(torch.arange(10.0))
-    assert sorted(h.values().tolist()) == [6.0, 7.0, 8.0, 9.0]
+def test_each_solve_sets_its_own_scale():
+    """The map's scale comes from the first batch scored after a solve, so a solve whose scores
+    are 1000x larger gives the same weights, and a refresh forgets the previous scale."""
+    cfg = InfluenceConfig(renormalise=False)
+    w = refreshed(cfg)
+    f, logits, y = batch(30)
+    first = w.weights(f, logits, y, step=0)
+    torch.testing.assert_close(w.reference, w.scores(f, logits, y))
+    scaled = copy.deepcopy(w)
+    scaled.solution = 1000 * scaled.solution
+    scaled.reference = None  # as after a refresh
+    torch.testing.assert_close(scaled.weights(f, logits, y, step=0), first)
+    f2, logits2, y2 = batch(31)
+    later = w.weights(f2, logits2, y2, step=1)  # same solve: the first batch's scale is kept
+    expected = torch.sigmoid(-w.scores(f2, logits2, y2) / (robust_spread(w.scores(f, logits, y))))
+    torch.testing.assert_close(later, expected)
+    w.refresh(head(), *batch(100, n=64)[::2], batch(101, n=128)[0], 2)
+    assert w.reference is None and w.previous is not None
+
+
+def test_accumulation_averages_visits_and_restarts_on_a_new_target():
+    cfg = InfluenceConfig(accumulate=True, accumulate_prior=1.0, renormalise=False)
+    w = refreshed(cfg)
+    f, logits, y = batch(40, n=4)
+    idx = torch.tensor([7, 8, 9, 10])
+    w.weights(f, logits, y, 0, idx)
+    spread = robust_spread(w.reference)
+    z1 = w.scores(f, logits, y) / spread
+    torch.testing.assert_close(w.acc_sum[idx] / (w.acc_count[idx] + 1), z1 / 2)
+    f2, logits2, _ = batch(41, n=4)
+    y2 = y.clone()
+    y2[0] = (y[0] + 1) % C  # example 7 gets a new pseudo-label: its running mean restarts
+    out = w.weights(f2, logits2, y2, 1, idx)
+    z2 = w.scores(f2, logits2, y2) / spread
+    expected = torch.cat([z2[:1] / 2, (z1[1:] + z2[1:]) / 3])
+    torch.testing.assert_close(out, torch.sigmoid(-expected / robust_spread(w.reference / spread)))
+    assert w.acc_count[idx].tolist() == [1.0, 2.0, 2.0, 2.0]
+    with pytest.raises(InfluenceError, match="pass idx"):
+        w.weights(f2, logits2, y2, 1)
 
 
 def test_tempered_soft_targets_are_scored():

@@ -13,7 +13,7 @@ from ssl_kd.cli import main as train_main
 from ssl_kd.errors import CheckpointError, ConfigError
 from tests.conftest import make_trainer, quick_args, run_steps
 
-UPDATES = ["frozen", "ema", "weighted_ce", "mpl"]
+UPDATES = ["frozen", "ema", "weighted_ce", "mpl", "feedback"]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_teacher_gradients_only_when_the_teacher_is_trained(tmp_path, update):
     algo = trainer.algorithm
     run_steps(trainer, 2)  # one warm-up step, then one distillation step
     teacher_grads = [p.grad for p in algo.teacher.parameters()]
-    if update in ("weighted_ce", "mpl"):
+    if update in ("weighted_ce", "mpl", "feedback"):
         assert all(p.requires_grad for p in algo.teacher.parameters())
         assert sum(float(g.abs().sum()) for g in teacher_grads if g is not None) > 0
     else:
@@ -138,13 +138,17 @@ def test_every_weight_schedule_runs(tmp_path, schedule):
         assert trainer.algorithm.weighter.last_refresh == {"online": 3, "periodic": 3}[schedule]
 
 
-def test_kd_mode_records_label_noise_auc(tmp_path, run_cli, teacher_ckpt):
+def test_kd_mode_weights_find_flipped_labels(tmp_path, run_cli):
+    """With a teacher trained for 30 steps and 30% of the labels flipped, low weight finds the
+    flipped labels well above chance after 10 steps (measured 0.74; 0.79 after 40)."""
+    teacher = tmp_path / "teacher"
+    assert train_main(quick_args(teacher, "supervised", 30, "--dataset", "digits")) == 0
     out = tmp_path / "run"
-    code, _ = run_cli(quick_args(out, "kdaif", 3, *kd_mode(teacher_ckpt, "--set", "algo.weight_warmup=0", "--set", "data.label_noise=0.2",
-                                                            "--set", "data.val_per_class=2")))
+    code, _ = run_cli(quick_args(out, "kdaif", 10, *kd_mode(teacher, "--set", "algo.weight_warmup=0", "--set", "data.label_noise=0.3",
+                                                             "--set", "data.val_per_class=5")))
     assert code == 0
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert 0.0 <= row["noise_auc"] <= 1.0
+    assert row["noise_auc"] > 0.65
 
 
 def test_static_schedule_needs_a_weight_warmup(tmp_path):
@@ -154,10 +158,19 @@ def test_static_schedule_needs_a_weight_warmup(tmp_path):
 
 # ----- resume -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("update", ["weighted_ce", "mpl"])
-def test_resume_is_exact(tmp_path, update):
-    extra = ("--set", f"algo.teacher_update={update}", "--set", "algo.teacher_warmup=0.15", "--set", "algo.weight_warmup=0.15",
-             "--set", "algo.refresh_every=2", "--set", "algo.threshold=0.3", "--set", "algo.weight_ema=0.5")
+RESUME_CASES = {
+    "weighted_ce": ("algo.teacher_update=weighted_ce", "algo.weight_warmup=0.15", "algo.threshold=0.3", "algo.weight_ema=0.5"),
+    "mpl": ("algo.teacher_update=mpl", "algo.weight_warmup=0.15", "algo.threshold=0.3", "algo.weight_ema=0.5"),
+    "feedback_crossfit_gate": ("algo.teacher_update=feedback", "algo.weight_warmup=0.3", "algo.reference=crossfit",
+                               "algo.gate=0.5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_resume_is_exact(tmp_path, case):
+    """Every state resumes: teachers and their optimisers, solves, scales, accumulated scores, folds."""
+    sets = ("algo.teacher_warmup=0.15", "algo.refresh_every=2", *RESUME_CASES[case])
+    extra = tuple(arg for s in sets for arg in ("--set", s))
     first = make_trainer(tmp_path, "kdaif", 7, *extra)
     run_steps(first, 3)
     first.save()

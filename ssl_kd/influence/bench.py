@@ -121,8 +121,8 @@ def noise_table(seeds: int, x: torch.Tensor, y: torch.Tensor, n_train: int, n_va
                           for f in fractions] + [("influence, ekfac, damping_fraction=0.1",
                                                   InfluenceConfig(schedule="static", solver="ekfac"))]:
             w = InfluenceWeighter(cfg)
-            w.fit_static(model.head, fv, y[val], ft, y_train, torch.arange(n_train))
-            rows[name].append(flip_detection_auc(w.table, flipped))
+            scores = w.fit_static(model.head, fv, y[val], ft, y_train, torch.arange(n_train))
+            rows[name].append(flip_detection_auc(-scores, flipped))  # the weight decreases with the score
         rows["training loss (baseline)"].append(flip_detection_auc(-per_example_losses(lt, y_train), flipped))
         rows["val accuracy"].append(float((lv.argmax(1) == y[val]).float().mean()))
     print("| detector | ROC-AUC median | per seed |")

@@ -22,7 +22,6 @@ from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence.errors import InfluenceError
 from ssl_kd.influence.weighter import InfluenceConfig, InfluenceWeighter
-from ssl_kd.influence.weights import finalise
 from ssl_kd.trainer.evaluate import predict
 
 SPLITS = ("all", "labelled", "unlabelled")
@@ -96,8 +95,7 @@ def rank_training_examples(
     weighter = InfluenceWeighter(dataclasses.replace(base, schedule="static", warmup_steps=0, ema=0.0))
     dev_idx = idx.to(device)
     scores = weighter.fit_static(model.head, ref_features, ref_y.to(device), features, targets, dev_idx)
-    assert weighter.table is not None
-    weights = finalise(weighter.table[dev_idx], base.renormalise, base.min_weight, base.max_weight)
+    weights = weighter.weights(features, logits, targets, 0, idx=dev_idx)
     flipped = torch.zeros_like(labelled)
     if data.noisy_idx is not None:
         flipped = torch.isin(idx, data.noisy_idx.cpu())

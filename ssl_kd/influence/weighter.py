@@ -1,8 +1,17 @@
 """`InfluenceWeighter`: per-example loss weights from head-restricted influence, on a schedule.
 
-One object holds everything a training run needs to resume exactly (the current solve, the
-recent scores behind the scale-free map, per-index EMA and static tables) and exposes it through
-`state_dict()` / `load_state_dict()`.
+One object holds everything a training run needs to resume exactly (the current and previous
+solves, the reference scores behind the scale-free map, per-index accumulated scores, EMA and
+static tables) and exposes it through `state_dict()` / `load_state_dict()`.
+
+Three choices make the weights less noisy than one score per visit:
+- each solve sets its own scale (the reference scores of the first batch scored after it), so a
+  temperature means the same for a whole period however much the solves' magnitudes differ;
+- with `accumulate`, an example's weight comes from the running mean of its normalised scores over
+  its visits (TracIn-style averaging over checkpoints), shrunk towards 0 ("no evidence") by a
+  prior pseudo-count, and restarted when its target changes (a new pseudo-label is a new claim);
+- the static table keeps each example's projection and logits, not a weight, so the weight always
+  scores the target the loss uses at that step.
 """
 from __future__ import annotations
 
@@ -14,9 +23,9 @@ from torch import Tensor, nn
 
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence.errors import InfluenceError
-from ssl_kd.influence.head import CROSS_ENTROPY, HeadCurvature, HeadLoss, logit_grads, mean_grad
+from ssl_kd.influence.head import HeadCurvature, HeadLoss, logit_grads, mean_grad
 from ssl_kd.influence.solve import SOLVERS, SolveOptions, default_damping, solve_head
-from ssl_kd.influence.weights import WEIGHT_MAPS, ScoreHistory, finalise, map_scores
+from ssl_kd.influence.weights import WEIGHT_MAPS, finalise, map_scores, robust_spread
 
 SCHEDULES = ("static", "periodic", "online")
 
@@ -29,12 +38,15 @@ class InfluenceConfig:
     refresh_every: int = 500  # periodic: steps between solves
     warmup_steps: int = 0  # weights are 1 before this step (the early model's influence is noise)
     weight_map: str = "sigmoid"  # sigmoid | exp_minmax
-    temperature: float = 1.0  # sigmoid: T = temperature * robust std (1.4826 MAD) of recent scores
-    history: int = 4096  # recent scores kept for the map's scale
+    temperature: float = 1.0  # sigmoid: T = temperature * robust std (1.4826 MAD) of the solve's reference scores
     renormalise: bool = True  # rescale to mean 1 over the batch
     min_weight: float = 0.0
     max_weight: float = 5.0
     ema: float = 0.0  # per-example smoothing of weights across refreshes (needs idx); 0 disables
+    reference_tau: float = 1.0  # temperature of the validation loss: > 1 keeps a memorised reference's gradient alive
+    relative: bool = False  # divide each score by its example's gradient norm (direction, not disagreement)
+    accumulate: bool = False  # weight from the per-index running mean of normalised scores (needs idx)
+    accumulate_prior: float = 1.0  # pseudo-count of a zero score in that mean (shrinks rarely seen examples)
     solver: str = "auto"  # auto | cholesky | cg | kfac | ekfac
     damping: float | None = None  # None: damping_fraction * mean Hessian eigenvalue + weight_decay
     damping_fraction: float = 0.1
@@ -53,8 +65,10 @@ class InfluenceConfig:
         ):
             if value not in choices:
                 raise ConfigError(f"influence {key}={value!r} is unknown; choose one of {', '.join(choices)}")
-        if self.refresh_every < 1 or self.history < 1:
-            raise ConfigError("influence refresh_every and history must be >= 1")
+        if self.refresh_every < 1:
+            raise ConfigError(f"influence refresh_every={self.refresh_every}: must be >= 1")
+        if self.accumulate_prior < 0:
+            raise ConfigError(f"influence accumulate_prior={self.accumulate_prior}: must be >= 0")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"influence ema={self.ema}: give a decay in [0, 1) (0 disables smoothing)")
         if not self.temperature > 0:
@@ -86,19 +100,33 @@ def _extended(table: Tensor | None, size: int, fill: float | bool, device: torch
     return torch.cat([table, torch.full((size - table.numel(),), fill, dtype=dtype, device=device)])
 
 
+STATE_KEYS = ("solution", "previous", "damping", "last_refresh", "reference", "smoothed", "seen", "acc_sum",
+              "acc_count", "acc_key", "static_logits", "static_proj")
+
+
 class InfluenceWeighter:
     """Stateful per-example weights; see the package docstring for the call pattern."""
 
     def __init__(self, cfg: InfluenceConfig | None = None) -> None:
         self.cfg = cfg or InfluenceConfig()
         self.solution: Tensor | None = None  # (H + lambda I)^-1 g_val, (C, D1), float32
+        self.previous: Tensor | None = None  # the solve before it (stability diagnostics)
         self.damping = 0.0
         self.last_refresh = -1  # step of the last solve (-1: none yet)
-        self.history = ScoreHistory(self.cfg.history)
+        self.reference: Tensor | None = None  # scores of the first batch scored after the solve: the map's scale
         self.smoothed: Tensor | None = None  # per-index EMA of weights
         self.seen: Tensor | None = None
-        self.table: Tensor | None = None  # static: mapped weight per index, NaN where not computed
+        self.acc_sum: Tensor | None = None  # per-index sum and count of normalised scores, and the target they scored
+        self.acc_count: Tensor | None = None
+        self.acc_key: Tensor | None = None
+        self.static_logits: Tensor | None = None  # static: per-index logits and projections of the scored model
+        self.static_proj: Tensor | None = None
         self.stats: dict[str, Tensor] = {}  # detached scalars of the last weights() call, for logging
+
+    @property
+    def table(self) -> Tensor | None:
+        """Static schedule: which indices fit_static() scored (non-NaN rows), else None."""
+        return None if self.static_proj is None else self.static_proj[:, 0]
 
     def in_warmup(self, step: int) -> bool:
         return step < self.cfg.warmup_steps
@@ -114,28 +142,43 @@ class InfluenceWeighter:
     @torch.no_grad()
     def refresh(self, head: nn.Linear, val_features: Tensor, val_labels: Tensor, train_features: Tensor, step: int) -> None:
         """Solve (H + lambda I) s = g_val in float64: g_val from the validation features and labels
-        (mean cross-entropy), H from the training features under the weighted loss."""
+        (mean cross-entropy), H from the training features under the weighted loss. The next batch
+        scored sets the new solve's scale."""
         bias = head.bias is not None
-        g_val = mean_grad(val_features.double(), head_logits(head, val_features), val_labels, CROSS_ENTROPY, bias)
+        g_val = mean_grad(val_features.double(), head_logits(head, val_features), val_labels,
+                          HeadLoss(self.cfg.reference_tau, False), bias)
         curv = HeadCurvature(train_features, head_logits(head, train_features), self.cfg.loss, bias)
         damping = self.cfg.damping
         if damping is None:
             damping = default_damping(curv.trace() / curv.num_params, self.cfg.damping_fraction, self.cfg.weight_decay)
+        self.previous = self.solution
         self.solution = solve_head(curv, g_val, damping, self.cfg.solve_options).float()
         self.damping = damping
         self.last_refresh = step
+        self.reference = None
 
     @torch.no_grad()
-    def scores(self, features: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
-        """I(z) per example from the last solve: one (B, D) x (D, C) matmul. I < 0: z helps."""
-        return -(self.logit_gradients(logits.detach().float(), targets) * self.projection(features)).sum(1)
+    def scores(self, features: Tensor, logits: Tensor, targets: Tensor, solution: Tensor | None = None) -> Tensor:
+        """I(z) per example from the last solve (or `solution`): one (B, D) x (D, C) matmul. I < 0: z helps.
 
-    def projection(self, features: Tensor) -> Tensor:
-        """(H + lambda I)^-1 g_val applied to each example's [features; 1]: (B, C)."""
-        if self.solution is None:
+        With `relative`, I(z) / |grad l(z)| (the head gradient's norm is |dl/dz| |[f; 1]|): the
+        plain score grows with how far the student is from the target, so its size mostly says
+        "the student disagrees"; divided by the gradient's norm it says whether the example pushes
+        the head where the reference wants it (the RelatIF / gradient-cosine remedy)."""
+        return self._scored(self.logit_gradients(logits.detach().float(), targets), self.projection(features, solution, True))
+
+    def _scored(self, grads: Tensor, proj: Tensor) -> Tensor:
+        s = -(grads * proj).sum(1)
+        return s / grads.norm(dim=1).clamp_min(1e-12) if self.cfg.relative else s
+
+    def projection(self, features: Tensor, solution: Tensor | None = None, for_scores: bool = False) -> Tensor:
+        """(H + lambda I)^-1 g_val applied to each example's [features; 1]: (B, C); for scores
+        with `relative`, divided by |[features; 1]|."""
+        s = self.solution if solution is None else solution
+        if s is None:
             raise InfluenceError("influence scores requested before any refresh(); call refresh() first "
                                  "(needs_refresh(step) says when)")
-        s = self.solution.to(features.device)
+        s = s.to(features.device)
         d = features.shape[1]
         if s.shape[1] not in (d, d + 1):
             raise InfluenceError(f"features have {d} dimensions but the solve was for a head of {s.shape[1]} columns; "
@@ -143,11 +186,18 @@ class InfluenceWeighter:
         proj = features.detach().float() @ s[:, :d].T
         if s.shape[1] == d + 1:
             proj = proj + s[:, d]
+        if for_scores and self.cfg.relative:
+            norm = (features.detach().float().pow(2).sum(1) + (s.shape[1] - d)).sqrt()
+            proj = proj / norm.clamp_min(1e-12)[:, None]
         return proj
 
     def logit_gradients(self, logits: Tensor, targets: Tensor) -> Tensor:
         """d l / d logits per example for the weighted loss (subclasses with another loss override this)."""
         return logit_grads(logits, targets, self.cfg.loss)
+
+    def target_keys(self, targets: Tensor) -> Tensor:
+        """One integer per example naming its target, to restart accumulation when it changes."""
+        return targets.long() if targets.dim() == 1 else targets.argmax(-1)
 
     @torch.no_grad()
     def weights(
@@ -156,63 +206,99 @@ class InfluenceWeighter:
         """Detached weights (B,) for a batch: ones during warm-up, else mapped influence scores.
 
         `targets` are what the weighted loss uses: labels/hard pseudo-labels (B,) or soft targets
-        (B, C). `idx` (dataset indices) is needed by the static schedule and by EMA smoothing.
+        (B, C). `idx` (dataset indices) is needed by the static schedule, accumulation and EMA.
         """
         n = features.shape[0]
         if self.in_warmup(step):
             return torch.ones(n, device=features.device)
         self._follow(features.device)
-        self.stats = {}
-        if self.cfg.schedule == "static":
-            w = self._lookup(idx)
-        else:
-            s = self.scores(features, logits, targets)
-            self.history.add(s)
-            w = map_scores(s, self.history.values(), self.cfg.weight_map, self.cfg.temperature)
-            self.stats = {"influence/score_mean": s.mean(), "influence/score_std": s.std(correction=0)}
-            if self.cfg.ema > 0:
-                w = self._smooth(idx, w)
+        s = self.static_scores(idx, targets) if self.cfg.schedule == "static" else self.scores(features, logits, targets)
+        if self.reference is None:
+            self.reference = s.detach().clone()
+        spread = robust_spread(self.reference)
+        z = s / spread
+        if self.cfg.accumulate:
+            z = self._accumulate(idx, z, self.target_keys(targets))
+        w = self._map(z)
+        self.stats = {"influence/score_mean": z.mean(), "influence/score_std": z.std(correction=0),
+                      "influence/scale": spread}
+        if self.cfg.ema > 0:
+            w = self._smooth(idx, w)
         w = finalise(w, self.cfg.renormalise, self.cfg.min_weight, self.cfg.max_weight)
         self.stats.update({"influence/weight_min": w.min(), "influence/weight_max": w.max()})
         return w
+
+    def _map(self, z: Tensor) -> Tensor:
+        """The weight map of normalised scores z (scores over this solve's reference spread)."""
+        assert self.reference is not None
+        return map_scores(z, self.reference / robust_spread(self.reference), self.cfg.weight_map, self.cfg.temperature)
+
+    @torch.no_grad()
+    def preview(self, scores: Tensor, targets: Tensor, idx: Tensor) -> Tensor:
+        """The weights (before renormalisation and EMA) that the current state gives `scores` of
+        the examples `idx`, changing no state: running means are used where an example's
+        target is the one they were accumulated for. For diagnostics."""
+        if self.reference is None:
+            raise InfluenceError("preview() needs a scored batch after the last refresh (the solve's scale)")
+        z = scores / robust_spread(self.reference)
+        if self.cfg.accumulate and self.acc_sum is not None and self.acc_sum.numel() > int(idx.max()):
+            assert self.acc_count is not None and self.acc_key is not None
+            known = (self.acc_key[idx] == self.target_keys(targets).float()) & (self.acc_count[idx] > 0)
+            z = torch.where(known, self.acc_sum[idx] / (self.acc_count[idx] + self.cfg.accumulate_prior), z)
+        return self._map(z)
 
     @torch.no_grad()
     def fit_static(
         self, head: nn.Linear, val_features: Tensor, val_labels: Tensor, train_features: Tensor, train_targets: Tensor,
         train_idx: Tensor, step: int = 0, batch_size: int = 4096,
     ) -> Tensor:
-        """Score the whole training set once (the static schedule) and store a weight per index.
-        Returns the scores; the map's scale comes from all of them."""
+        """Score the whole training set once (the static schedule): keep each index's logits and
+        projection, so that later weights score whatever target the loss then uses. The map's
+        scale comes from the pool's scores against `train_targets`, which are returned."""
         self.refresh(head, val_features, val_labels, train_features, step)
         logits = head_logits(head, train_features, torch.float32)
-        scores = torch.cat([
-            self.scores(train_features[i:i + batch_size], logits[i:i + batch_size], train_targets[i:i + batch_size])
-            for i in range(0, train_features.shape[0], batch_size)
-        ])
-        self.table = _extended(self.table, int(train_idx.max()) + 1, float("nan"), scores.device)
-        self.table[train_idx] = map_scores(scores, scores, self.cfg.weight_map, self.cfg.temperature)
+        proj = torch.cat([self.projection(train_features[i:i + batch_size], for_scores=True)
+                          for i in range(0, train_features.shape[0], batch_size)])
+        size, c = int(train_idx.max()) + 1, logits.shape[1]
+        self.static_logits = torch.full((size, c), float("nan"), device=logits.device)
+        self.static_proj = torch.full((size, c), float("nan"), device=logits.device)
+        self.static_logits[train_idx], self.static_proj[train_idx] = logits, proj
+        scores = self.static_scores(train_idx, train_targets)
+        self.reference = scores.clone()
         return scores
 
-    def _follow(self, device: torch.device) -> None:
-        """Move the state to the features' device (a checkpoint may have been loaded on the CPU)."""
-        for name in ("solution", "smoothed", "seen", "table"):
-            t = getattr(self, name)
-            if t is not None and t.device != device:
-                setattr(self, name, t.to(device))
-        buffer = self.history.buffer
-        if buffer is not None and buffer.device != device:
-            self.history.buffer = buffer.to(device)
-
-    def _lookup(self, idx: Tensor | None) -> Tensor:
-        if self.table is None:
+    def static_scores(self, idx: Tensor | None, targets: Tensor) -> Tensor:
+        table = self.table
+        if table is None:
             raise InfluenceError("the static schedule needs fit_static() (scores for the whole training set) "
                                  "before weights()")
         if idx is None:
             raise InfluenceError("the static schedule looks weights up by dataset index: pass idx to weights()")
-        if int(idx.max()) >= self.table.numel() or bool(self.table[idx].isnan().any()):
+        if int(idx.max()) >= table.numel() or bool(table[idx].isnan().any()):
             raise InfluenceError("weights() asked for dataset indices that fit_static() did not score; "
                                  "pass every index the run trains on to fit_static()")
-        return self.table[idx]
+        return self._scored(self.logit_gradients(self.static_logits[idx], targets), self.static_proj[idx])  # type: ignore[index]
+
+    def _follow(self, device: torch.device) -> None:
+        """Move the state to the features' device (a checkpoint may have been loaded on the CPU)."""
+        for name in STATE_KEYS:
+            t = getattr(self, name)
+            if isinstance(t, Tensor) and t.device != device:
+                setattr(self, name, t.to(device))
+
+    def _accumulate(self, idx: Tensor | None, z: Tensor, keys: Tensor) -> Tensor:
+        """Running mean of each index's normalised scores for its current target, shrunk to 0 by the prior."""
+        if idx is None:
+            raise InfluenceError("accumulate keeps one running score per dataset index: pass idx to weights()")
+        size = int(idx.max()) + 1
+        self.acc_sum = _extended(self.acc_sum, size, 0.0, z.device)
+        self.acc_count = _extended(self.acc_count, size, 0.0, z.device)
+        self.acc_key = _extended(self.acc_key, size, -1.0, z.device)
+        same = self.acc_key[idx] == keys.float()
+        self.acc_sum[idx] = torch.where(same, self.acc_sum[idx], torch.zeros_like(z)) + z
+        self.acc_count[idx] = torch.where(same, self.acc_count[idx], torch.zeros_like(z)) + 1
+        self.acc_key[idx] = keys.float()
+        return self.acc_sum[idx] / (self.acc_count[idx] + self.cfg.accumulate_prior)
 
     def _smooth(self, idx: Tensor | None, w: Tensor) -> Tensor:
         if idx is None:
@@ -227,22 +313,14 @@ class InfluenceWeighter:
         return w
 
     def state_dict(self) -> dict[str, object]:
-        def copy(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.clone()
-
-        return {
-            "solution": copy(self.solution), "damping": self.damping, "last_refresh": self.last_refresh,
-            "history": self.history.state_dict(), "smoothed": copy(self.smoothed), "seen": copy(self.seen),
-            "table": copy(self.table),
-        }
+        return {k: (v.clone() if isinstance(v, Tensor) else v) for k in STATE_KEYS for v in [getattr(self, k)]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        expected = {"solution", "damping", "last_refresh", "history", "smoothed", "seen", "table"}
-        if set(state) != expected:
-            raise InfluenceError(f"influence state has keys {sorted(state)}, expected {sorted(expected)}: "
+        if set(state) != set(STATE_KEYS):
+            raise InfluenceError(f"influence state has keys {sorted(state)}, expected {sorted(STATE_KEYS)}: "
                                  "the checkpoint was written by a different version of the weighter")
-        self.solution, self.smoothed, self.seen, self.table = (state["solution"], state["smoothed"], state["seen"],  # type: ignore[assignment]
-                                                                state["table"])
-        self.damping = float(state["damping"])  # type: ignore[arg-type]
-        self.last_refresh = int(state["last_refresh"])  # type: ignore[arg-type]
-        self.history.load_state_dict(state["history"])  # type: ignore[arg-type]
+        for key in STATE_KEYS:
+            value = state[key]
+            setattr(self, key, value.clone() if isinstance(value, Tensor) else value)
+        self.damping = float(self.damping)
+        self.last_refresh = int(self.last_refresh)
