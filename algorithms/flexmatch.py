@@ -51,7 +51,10 @@ class FlexThresholder(Thresholder):
 
     def learning_effect(self) -> torch.Tensor:
         """beta(c) in [0, 1] for every class."""
-        sigma = torch.bincount(self.predictions + 1, minlength=self.num_classes + 1)[1:].float()  # bin 0: -1
+        # a fixed-size scatter, not bincount, whose output size depends on the data (a device sync)
+        bins = self.predictions + 1  # bin 0: -1
+        sigma = torch.zeros(self.num_classes + 1, dtype=torch.long, device=bins.device)
+        sigma = sigma.scatter_add_(0, bins, torch.ones_like(bins))[1:].float()
         denominator = sigma.max()
         if self.warmup:
             denominator = torch.maximum(denominator, self.num_unlabelled - sigma.sum())
