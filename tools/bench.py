@@ -33,6 +33,7 @@ from ssl_kd.cli import prepare
 from ssl_kd.errors import SSLKDError
 from ssl_kd.floor import FloorStep
 from ssl_kd.pil_pipeline import pipeline_images_per_s
+from ssl_kd.timing import OccasionalWork, amortised
 from ssl_kd.plugins import load_plugins
 from ssl_kd.run import build_data, build_network, pick_device
 from ssl_kd.trainer.trainer import Trainer
@@ -50,43 +51,6 @@ def build(algo: str, args: argparse.Namespace, out: Path) -> Trainer:
             *(["--data-dir", args.data_dir] if args.data_dir else []), *[x for s in args.set for x in ("--set", s)]]
     cfg, run_dir, _ = prepare(train_parser().parse_args(argv))
     return Trainer(cfg, build_data(cfg), pick_device(cfg.train.device), run_dir)
-
-
-class OccasionalWork:
-    """Times the calls of an algorithm's occasional methods (KD-AIF's influence refresh) inside steps."""
-
-    METHODS = (("", "reference_batch"), ("", "fit_static"), ("weighter", "refresh"))
-
-    def __init__(self, algorithm: object) -> None:
-        self.seconds = 0.0
-        self.period = refresh_period(algorithm)
-        for owner_name, method in self.METHODS:
-            owner = getattr(algorithm, owner_name, None) if owner_name else algorithm
-            if owner is not None and hasattr(owner, method):
-                setattr(owner, method, self.timed(getattr(owner, method)))
-
-    def timed(self, fn):  # type: ignore[no-untyped-def]
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-        return wrapper
-
-    def take(self) -> float:
-        seconds, self.seconds = self.seconds, 0.0
-        return seconds
-
-
-def refresh_period(algorithm: object) -> int:
-    """Steps between an algorithm's influence refreshes (1: every step; large: once a run)."""
-    weighter = getattr(algorithm, "weighter", None)
-    cfg = getattr(weighter, "cfg", None)
-    schedule = getattr(cfg, "schedule", "")
-    if schedule == "periodic":
-        return int(cfg.refresh_every)
-    return 1 if schedule == "online" else 10**9
 
 
 def time_step(trainer: Trainer, occasional: OccasionalWork) -> tuple[float, float, float]:
@@ -115,13 +79,6 @@ def time_floor(floor: FloorStep, device: torch.device) -> float:
     floor()
     sync(device)
     return time.perf_counter() - start
-
-
-def amortised(steps: list[float], occasional: list[float], period: int) -> float:
-    """Median step without the occasional work, plus that work's median cost spread over its period."""
-    base = statistics.median(s - o for s, o in zip(steps, occasional))
-    costs = [o for o in occasional if o > 0]
-    return base + (statistics.median(costs) / period if costs else 0.0)
 
 
 def pil_main(args: argparse.Namespace) -> int:
