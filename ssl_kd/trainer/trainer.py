@@ -25,6 +25,7 @@ from ssl_kd.data.sampler import InfiniteSampler
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
+from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import evaluate
@@ -65,7 +66,7 @@ class Trainer:
         if device.type == "cuda" and t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = make_ema(self.model) if t.ema > 0 else None
-        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        self.forward_model = CompiledWithFallback(self.model) if t.compile else self.model
         self.optimizer = make_optimizer(self.model, t.lr, t.momentum, t.nesterov, t.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, t.steps, t.cosine_cycles, t.warmup_steps)
         algo_cls = algorithm_class(t.algo)
