@@ -18,6 +18,7 @@ from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
 from ssl_kd.run import algorithm_class, build_data, config_from_dict, config_summary, pick_device, resolve_config
 from ssl_kd.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer import distributed
 from ssl_kd.trainer.trainer import Trainer
 
 # Flags that map one-to-one onto TrainConfig fields (argparse dest -> field).
@@ -110,18 +111,26 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 
 def train(cfg: Config, run_dir: Path, ckpt: Path | None = None) -> dict[str, Any]:
-    device = pick_device(cfg.train.device)
+    dist, device = distributed.init_from_env(pick_device(cfg.train.device))
+    distributed.check_batch(dist, cfg.train.batch_size)
     data = build_data(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer = Trainer(cfg, data, device, run_dir)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    trainer = Trainer(cfg, data, device, run_dir, dist)
     if ckpt is not None:
         trainer.load(ckpt)
         print(f"resumed {run_dir} at step {trainer.step}", file=sys.stderr)
-    print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
-          f"unlabelled={data.unlabelled_idx.numel()} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
+    if dist.is_main:
+        print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
+              f"unlabelled={data.unlabelled_idx.numel()} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
+    if dist.enabled and dist.is_main:
+        print(f"distributed: {dist.world_size} processes, global batch {cfg.train.batch_size} (+ {cfg.train.uratio} x that "
+              f"unlabelled), {cfg.train.batch_size // dist.world_size} per process, lr {cfg.train.lr} (unscaled: the global "
+              f"batch is the one-process batch), BatchNorm {'synchronised' if cfg.train.sync_bn else 'per process'}", file=sys.stderr)
     eval_key = "ema_top1" if cfg.train.ema > 0 else "top1"
-    logger = RunLogger(run_dir, eval_key, resume_step=trainer.step if ckpt is not None else None)
+    logger = (RunLogger(run_dir, eval_key, resume_step=trainer.step if ckpt is not None else None) if dist.is_main
+              else distributed.SilentLogger(eval_key))
     try:
         trainer.fit(logger)
     except KeyboardInterrupt:
