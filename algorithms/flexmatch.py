@@ -27,6 +27,7 @@ from ssl_kd.algorithm import Batch, StepOutput
 from ssl_kd.algorithms.fixmatch import FixMatch, FixMatchConfig
 from ssl_kd.components import Thresholder
 from ssl_kd.registry import register_algorithm
+from ssl_kd.trainer.distributed import gather_cat
 
 
 def convex_mapping(beta: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,9 @@ class FlexThresholder(Thresholder):
         self.predictions = torch.full((dataset_size,), -1, dtype=torch.long, device=device)
 
     def update(self, probs: torch.Tensor, idx: torch.Tensor) -> None:
-        """Record the argmax of every example whose confidence reaches the fixed threshold tau."""
+        """Record the argmax of every example whose confidence reaches the fixed threshold tau
+        (of the whole global batch under torchrun, so every rank keeps the same record)."""
+        probs, idx = gather_cat(probs), gather_cat(idx)
         conf, cls = probs.max(-1)
         self.predictions[idx] = torch.where(conf >= self.threshold, cls, self.predictions[idx])
 

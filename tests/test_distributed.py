@@ -35,49 +35,43 @@ def nobn_net(num_classes: int, in_channels: int = 1) -> NoBatchNorm:
 '''
 
 
-def _train(tmp_path: Path, name: str, processes: int, algo: str) -> dict:
+def _train(tmp_path: Path, name: str, processes: int, algo: str, steps: int, resume: bool = False) -> dict:
     plugin = tmp_path / "nobn_plugin.py"
     plugin.write_text(PLUGIN)
     out = tmp_path / name
-    args = [*quick_args(out, algo, 3), "--net", "nobn_net", "--plugin", str(plugin), "--set", "train.lr=0.1"]
+    # a constant learning rate (cosine_cycles 0), so a 2-step run resumed to 3 steps has a 3-step run's schedule
+    args = (["--resume", str(out), "--steps", str(steps), "--no-progress"] if resume else
+            [*quick_args(out, algo, steps), "--net", "nobn_net", "--set", "train.lr=0.1", "--set", "train.cosine_cycles=0",
+             "--set", "algo.threshold=0"])
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
                 if processes > 1 else [sys.executable])
-    proc = subprocess.run([*launcher, "tools/train.py", *args], cwd=REPO, capture_output=True, text=True,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run([*launcher, "tools/train.py", *args, "--plugin", str(plugin)], cwd=REPO, capture_output=True,
+                          text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
 
 
-@pytest.mark.parametrize("algo", ["fixmatch"])
-def test_two_processes_with_half_batches_match_one_process(tmp_path: Path, algo: str) -> None:
-    one = _train(tmp_path, "one", 1, algo)
-    two = _train(tmp_path, "two", 2, algo)
-    assert two["step"] == one["step"] == 3
-    # stated tolerance: float32 gradient averaging across processes reorders sums; 1e-5 after 3 steps
-    for key in one["model"]:
-        torch.testing.assert_close(two["model"][key], one["model"][key], rtol=1e-4, atol=1e-5, msg=key)
-        torch.testing.assert_close(two["ema"][key], one["ema"][key], rtol=1e-4, atol=1e-5, msg=key)
-    # rank 0 alone wrote the run folder: one evaluation line, not one per process
+def _assert_same_training(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    # stated tolerance: averaging float32 gradients across processes reorders sums; 1e-5 after 3 steps
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_processes_with_half_batches_match_one_process_and_resume(tmp_path: Path) -> None:
+    """FlexMatch with threshold 0: every unlabelled prediction enters its per-example record, which
+    must then hold the whole global batch on rank 0, not only rank 0's half."""
+    one = _train(tmp_path, "one", 1, "flexmatch", 3)
+    _train(tmp_path, "two", 2, "flexmatch", 2)
+    # rank 0 alone wrote the run folder: one line for the one evaluation (step 2), not one per process
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
-
-
-def test_each_rank_trains_on_its_half_of_the_one_process_batch(tmp_path: Path, monkeypatch) -> None:
-    """Without this, the equivalence above would also hold if every rank used the whole batch."""
-    from ssl_kd.cli import parser, prepare
-    from ssl_kd.run import build_data
-    from ssl_kd.trainer.trainer import Trainer
-
-    monkeypatch.setattr(distributed, "wrap", lambda model, info, device: model)  # no process group here
-    cfg, run_dir, _ = prepare(parser().parse_args(quick_args(tmp_path / "run", "fixmatch", 3)))
-    batches = []
-    for info in (distributed.DistInfo(), distributed.DistInfo(0, 2), distributed.DistInfo(1, 2)):
-        torch.manual_seed(0)
-        batches.append(Trainer(cfg, build_data(cfg), torch.device("cpu"), run_dir, info).next_batch())
-    whole, first, second = batches
-    assert torch.equal(torch.cat([first.idx_l, second.idx_l]), whole.idx_l)
-    assert torch.equal(torch.cat([first.idx_u, second.idx_u]), whole.idx_u)
-    assert first.x_u["strong"].shape[0] == whole.x_u["strong"].shape[0] // 2
-    torch.testing.assert_close(torch.cat([first.x_u["strong"], second.x_u["strong"]]), whole.x_u["strong"])
+    resumed = _train(tmp_path, "two", 2, "fixmatch", 3, resume=True)
+    assert one["step"] == 3
+    _assert_same_training(resumed, one)
+    record = one["algorithm"]["thresholder"]["predictions"]
+    assert (record >= 0).sum() == 3 * 8 * 2  # 3 steps of mu * B = 16 unlabelled examples, all distinct
+    assert torch.equal(resumed["algorithm"]["thresholder"]["predictions"], record)
 
 
 def test_one_process_helpers_are_no_ops() -> None:

@@ -13,6 +13,8 @@ The rule, chosen so that N processes train the same model as one process:
   its own 1/N); `train.sync_bn=true` converts to SyncBatchNorm (CUDA/NCCL only). Float buffers
   (running statistics) are averaged across ranks before evaluation and checkpoints, so the saved
   and evaluated model is the same on every rank.
+- Algorithm state that follows the examples of a batch is updated from the gathered global batch
+  (`gather_cat`: FlexMatch's record of confident predictions), so it is the same on every rank.
 - Rank 0 alone writes logs, metrics and checkpoints; every rank evaluates (the same numbers).
 - A rank that fails exits non-zero with its message; torchrun then stops the other ranks.
 
@@ -99,6 +101,17 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     if not info.enabled:
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """`x` of every rank concatenated in rank order, i.e. a global batch from its shards; for
+    algorithm state that must follow the whole batch (FlexMatch's per-example record). One
+    process: `x` itself."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 class SilentLogger:
