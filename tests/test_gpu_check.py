@@ -31,8 +31,11 @@ def test_tiny_gpu_check_writes_one_table_and_one_json(tmp_path: Path) -> None:
     proc = run_check(tmp_path, GPU_CHECK_TINY="1", GPU_CHECK_DATA=str(tmp_path / "data"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert [r["algo"] for r in result["rows"]] == ["fixmatch", "flexmatch", "kdaif"]
-    fixmatch = result["rows"][0]
+    assert [(r["config"], r["algo"]) for r in result["rows"]] == [
+        (c, a) for c in ("eager_fp32", "eager_bf16") for a in ("fixmatch", "flexmatch", "kdaif")]
+    fastest = min((r for r in result["rows"] if r["algo"] == "fixmatch"), key=lambda r: r["s_per_step"])
+    assert result["training_run"]["config"] == fastest["config"]
+    fixmatch = fastest
     assert fixmatch["hours_for_2^20_steps"] == fixmatch["s_per_step"] * 2**20 / 3600
     assert fixmatch["vs_pil_pipeline"] == fixmatch["images_per_s"] / result["pil_pipeline"]["images_per_s"]
     # the training run got as many steps as FixMatch's measured speed fits in the (tiny) budget of 2 s
