@@ -1,6 +1,7 @@
 """No host-device synchronisation inside a training step (counted on the CPU, see sync_counter)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from unittest import mock
 
@@ -46,7 +47,9 @@ def test_strong_view_reads_nothing_back() -> None:
 def test_training_step_reads_nothing_back(tmp_path: Path, algo: str) -> None:
     trainer = make_trainer(tmp_path, algo, 6)
     run_steps(trainer, 2)  # past one-off set-up (teacher warm-up switches, first-step state)
-    # the loss finiteness check is the trainer's one deliberate sync; issue 10 moves it off most steps
-    with mock.patch.object(torch, "isfinite", lambda t: True), count_syncs() as counts:
+    # the per-step loss finiteness check (a deliberate sync) is stubbed out where it still exists;
+    # with issue 10's divergence guard (`trainer.guard`) a step only records the loss, and this is a non-check step
+    no_check = contextlib.nullcontext() if hasattr(trainer, "guard") else mock.patch.object(torch, "isfinite", lambda t: True)
+    with no_check, count_syncs() as counts:
         run_steps(trainer, 1)
     assert not counts, f"{algo} step synchronised: {dict(counts)}"
