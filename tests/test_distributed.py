@@ -16,6 +16,7 @@ from tests.conftest import REPO, quick_args
 # BatchNorm statistics are per process without SyncBatchNorm (which has no CPU kernel), so the
 # equivalence test uses a network without BatchNorm; everything else is the shipped code path.
 PLUGIN = '''
+import torch
 from torch import nn
 from ssl_kd.nets.base import Classifier
 from ssl_kd.registry import register_network
@@ -25,6 +26,11 @@ class NoBatchNorm(Classifier):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
         self._make_head(32, num_classes)
+        self.register_buffer("calls", torch.zeros(1))  # a float buffer, as BatchNorm's, averaged across ranks
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
 
     def features(self, x):
         return self.body(x)

@@ -11,8 +11,10 @@ The rule, chosen so that N processes train the same model as one process:
 - DistributedDataParallel averages the gradients, so parameters, optimiser state and the EMA of
   the parameters stay identical on every rank. BatchNorm statistics are per rank (each normalises
   its own 1/N); `train.sync_bn=true` converts to SyncBatchNorm (CUDA/NCCL only). Float buffers
-  (running statistics) are averaged across ranks before evaluation and checkpoints, so the saved
-  and evaluated model is the same on every rank.
+  (running statistics) are averaged across ranks at every evaluation, so the evaluated model, and
+  the checkpoints written right after it, are the same on every rank; a `save_every` checkpoint
+  between evaluations holds rank 0's statistics (saving has no collective, as rank 0 alone decides
+  when it writes best.pt).
 - Algorithm state that follows the examples of a batch is updated from the gathered global batch
   (`gather_cat`: FlexMatch's record of confident predictions), so it is the same on every rank.
 - Rank 0 alone writes logs, metrics and checkpoints; every rank evaluates (the same numbers).

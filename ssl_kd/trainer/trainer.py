@@ -177,8 +177,7 @@ class Trainer:
         }
 
     def save(self, name: str = "last.pt") -> None:
-        distributed.average_buffers_([self.model, self.ema_model], self.dist)
-        if self.dist.is_main:
+        if self.dist.is_main:  # no collective here: only rank 0 knows when it saves best.pt
             save_checkpoint(self.state(), self.run_dir / "checkpoints" / name)
 
     def load(self, path: str | Path) -> None:
