@@ -27,6 +27,7 @@ from ssl_kd.algorithm import Batch, StepOutput
 from ssl_kd.algorithms.fixmatch import FixMatch, FixMatchConfig
 from ssl_kd.components import Thresholder
 from ssl_kd.registry import register_algorithm
+from ssl_kd.trainer.distributed import gather_cat
 
 
 def convex_mapping(beta: torch.Tensor) -> torch.Tensor:
@@ -45,13 +46,18 @@ class FlexThresholder(Thresholder):
         self.predictions = torch.full((dataset_size,), -1, dtype=torch.long, device=device)
 
     def update(self, probs: torch.Tensor, idx: torch.Tensor) -> None:
-        """Record the argmax of every example whose confidence reaches the fixed threshold tau."""
+        """Record the argmax of every example whose confidence reaches the fixed threshold tau
+        (of the whole global batch under torchrun, so every rank keeps the same record)."""
+        probs, idx = gather_cat(probs), gather_cat(idx)
         conf, cls = probs.max(-1)
         self.predictions[idx] = torch.where(conf >= self.threshold, cls, self.predictions[idx])
 
     def learning_effect(self) -> torch.Tensor:
         """beta(c) in [0, 1] for every class."""
-        sigma = torch.bincount(self.predictions + 1, minlength=self.num_classes + 1)[1:].float()  # bin 0: -1
+        # a fixed-size scatter, not bincount, whose output size depends on the data (a device sync)
+        bins = self.predictions + 1  # bin 0: -1
+        sigma = torch.zeros(self.num_classes + 1, dtype=torch.long, device=bins.device)
+        sigma = sigma.scatter_add_(0, bins, torch.ones_like(bins))[1:].float()
         denominator = sigma.max()
         if self.warmup:
             denominator = torch.maximum(denominator, self.num_unlabelled - sigma.sum())

@@ -22,6 +22,7 @@ from ssl_kd.run import (algorithm_class, build_data, config_from_dict, config_su
                         validate_for_data)
 from ssl_kd.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer import distributed
 from ssl_kd.trainer.rundir import RunDir, os_error_message
 from ssl_kd.trainer.trainer import Interrupted, Trainer
 
@@ -175,47 +176,55 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 def train(cfg: Config, run_dir: Path, ckpt: Path | None = None, plugins: list[dict[str, str]] | None = None,
           overwrite: bool = False) -> dict[str, Any]:
-    """Train one run in `run_dir` (locked for the run's lifetime); a start that fails before the
-    first step leaves no run folder behind."""
-    device = pick_device(cfg.train.device)
+    """Train one run in `run_dir` (locked for the run's lifetime by rank 0, which alone writes it);
+    a start that fails before the first step leaves no run folder behind."""
+    dist, device = distributed.init_from_env(pick_device(cfg.train.device))
+    distributed.check_batch(dist, cfg.train.batch_size)
     data = build_data(cfg)
     validate_for_data(cfg, data)
-    folder = RunDir(run_dir, resume=ckpt is not None, overwrite=overwrite)
+    folder = RunDir(run_dir, resume=ckpt is not None, overwrite=overwrite) if dist.is_main else None
     try:
         try:
-            trainer = start_run(cfg, data, device, folder, ckpt, plugins or [])
+            trainer = start_run(cfg, data, device, run_dir, ckpt, plugins or [], dist)
         except BaseException:
-            folder.discard()
+            if folder is not None:
+                folder.discard()
             raise
-        return run_loop(cfg, trainer, run_dir, ckpt is not None)
+        return run_loop(cfg, trainer, run_dir, ckpt is not None, dist)
     finally:
-        folder.close()
+        if folder is not None:
+            folder.close()
 
 
-def start_run(cfg: Config, data: Any, device: Any, folder: RunDir, ckpt: Path | None,
-              plugins: list[dict[str, str]]) -> Trainer:
-    run_dir = folder.path
-    config = {**cfg.to_dict(), **({"plugins": plugins} if plugins else {})}
-    try:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    except OSError as err:
-        raise ConfigError(os_error_message(err, run_dir / "config.yaml", "write")) from err
-    trainer = Trainer(cfg, data, device, run_dir)
+def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | None,
+              plugins: list[dict[str, str]], dist: distributed.DistInfo) -> Trainer:
+    if dist.is_main:
+        config = {**cfg.to_dict(), **({"plugins": plugins} if plugins else {})}
+        try:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        except OSError as err:
+            raise ConfigError(os_error_message(err, run_dir / "config.yaml", "write")) from err
+    trainer = Trainer(cfg, data, device, run_dir, dist)
     trainer.plugins = plugins
     if ckpt is not None:
         trainer.load(ckpt)
         print(f"resumed {run_dir} at step {trainer.step}", file=sys.stderr)
-    print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
-          f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
+    if dist.is_main:
+        print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
+              f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
+    if dist.enabled and dist.is_main:
+        print(f"distributed: {dist.world_size} processes, global batch {cfg.train.batch_size} (+ {cfg.train.uratio} x that "
+              f"unlabelled), {cfg.train.batch_size // dist.world_size} per process, lr {cfg.train.lr} (unscaled: the global "
+              f"batch is the one-process batch), BatchNorm {'synchronised' if cfg.train.sync_bn else 'per process'}", file=sys.stderr)
     return trainer
 
 
-def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool) -> dict[str, Any]:
+def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool, dist: distributed.DistInfo) -> dict[str, Any]:
     """fit() with its summary; a signal writes an interrupted summary and exits 128 + signal."""
     eval_key = "ema_top1" if cfg.train.ema > 0 else "top1"
     select_key = f"{eval_key[:-4]}val_top1" if trainer.data.val_idx.numel() > 0 else eval_key
-    logger = RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key,
-                       class_names=trainer.data.class_names)
+    logger = (RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key,
+                        class_names=trainer.data.class_names) if dist.is_main else distributed.SilentLogger(eval_key))
     interrupted: Interrupted | None = None
     try:
         try:

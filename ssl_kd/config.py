@@ -41,6 +41,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the network
+    sync_bn: bool = False  # torchrun: SyncBatchNorm across ranks (CUDA) instead of per-rank statistics
     data_dir: str = ""  # empty: $SSL_KD_DATA, else ./data
     download: bool = False
     out: str = ""  # empty: runs/<algo>_<dataset>_s<seed>_<time>

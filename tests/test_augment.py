@@ -86,6 +86,22 @@ def test_rand_augment_draws_ops_per_image() -> None:
     assert len(op_ids.unique()) > len(OP_NAMES) // 2
 
 
+def test_rand_augment_gives_each_image_its_own_ops_in_order() -> None:
+    """The masked batch equals applying each image's drawn ops one by one to that image alone."""
+    x = _images(24, 3, 16, seed=2).float() / 255
+    torch.manual_seed(5)
+    out, op_ids = rand_augment(x, num_ops=2)
+    torch.manual_seed(5)
+    drawn = torch.randint(len(OP_NAMES), (24, 2))
+    magnitudes = torch.rand(24, 2)
+    assert torch.equal(drawn, op_ids)
+    for i in range(24):
+        image = x[i : i + 1]
+        for slot in range(2):
+            image = apply_op(image, OP_NAMES[int(op_ids[i, slot])], magnitudes[i, slot : slot + 1])
+        torch.testing.assert_close(out[i : i + 1], image, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_each_op_changes_images_and_stays_in_unit_range(name: str) -> None:
     generator = torch.Generator().manual_seed(1)

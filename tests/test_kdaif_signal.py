@@ -28,12 +28,13 @@ def unlabelled_inputs(trainer, seed: int):
 
 
 def test_clean_scoring_ignores_the_strong_view_and_strong_scoring_does_not(tmp_path):
-    trainer = make_trainer(tmp_path / "clean", "kdaif", 4, *ACTIVE)
+    single = ("--set", "algo.accumulate=false")  # one visit's score, not a running mean
+    trainer = make_trainer(tmp_path / "clean", "kdaif", 4, *ACTIVE, *single)
     algo, conf = trainer.algorithm, torch.full((16,), 0.5)
     first = algo.unlabelled_weights(*unlabelled_inputs(trainer, 0), conf)  # refreshes, sets the scale
     again = algo.unlabelled_weights(*unlabelled_inputs(trainer, 1), conf)
     torch.testing.assert_close(first, again)  # the example's clean image is scored, not the loss's view
-    strong = make_trainer(tmp_path / "strong", "kdaif", 4, *ACTIVE, "--set", "algo.score_view=strong").algorithm
+    strong = make_trainer(tmp_path / "strong", "kdaif", 4, *ACTIVE, *single, "--set", "algo.score_view=strong").algorithm
     a = strong.unlabelled_weights(*unlabelled_inputs(trainer, 0), conf)
     assert not torch.allclose(a, strong.unlabelled_weights(*unlabelled_inputs(trainer, 1), conf))
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -12,13 +15,27 @@ def run_tool(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO)
 
 
-def test_bench_prints_table_for_two_algorithms(tmp_path):
+def test_bench_prints_table_for_two_algorithms_and_their_floors(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_tool("tools/bench.py", "--algos", "fixmatch,supervised", "--dataset", "digits_30", "--batch-size", "4",
-                    "--uratio", "2", "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(out))
+                    "--uratio", "2", "--steps", "2", "--warmup", "1", "--device", "cpu", "--floor", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "| fixmatch |" in proc.stdout and "| supervised |" in proc.stdout and "1.00x" in proc.stdout
-    assert out.exists()
+    rows = {r["algo"]: r for r in json.loads(out.read_text())["rows"]}
+    for row in rows.values():
+        assert row["ratio_to_floor"] == pytest.approx(row["s_per_step"] / row["floor_s_per_step"])
+    # FixMatch's floor forwards 4 + 2 * 8 images, supervised's 4: two distinct floors
+    assert rows["fixmatch"]["floor_s_per_step"] != rows["supervised"]["floor_s_per_step"]
+
+
+def test_bench_pil_pipeline_reports_images_per_second(tmp_path):
+    out = tmp_path / "pil.json"
+    proc = run_tool("tools/bench.py", "--pil-pipeline", "--dataset", "digits_30", "--batch-size", "4", "--uratio", "2",
+                    "--steps", "3", "--warmup", "1", "--workers", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["batches"] == 3 and result["workers_per_loader"] == 1
+    assert result["images_per_s"] == pytest.approx(4 * 3 * 3 / (3 * result["s_per_batch"]))
 
 
 def test_sweep_writes_table_and_reuses_finished_runs(tmp_path):

@@ -24,9 +24,12 @@ range at every step, then Cutout. The paper's ranges, and how they map onto the 
     Cutout        L in [0, 0.5]      one gray square of side L x image side (see `cutout`)
 
 Geometric ops resample with nearest neighbour and fill with black, as the reference PIL calls do.
-Each op runs once per slot on the subset of images that drew it, and the five geometric ops
-share one warp, so the cost does not grow with the number of distinct choices; the only host
-sync is reading the per-op counts.
+Each slot runs every pixel op once on the whole batch and keeps, per image, the result of the op
+that image drew (a mask select); the five geometric ops share one warp. Nothing is read back to
+the host, so on a GPU the step never waits for the device: the ops queue asynchronously. The
+price is computing every op on every image: 2 slots on 56 CIFAR images take about 25 ms on one
+loaded CPU thread against 7 ms for per-op subsets (which needed the per-op counts on the host),
+still under 1% of a WRN-28-2 step there.
 """
 from __future__ import annotations
 
@@ -149,24 +152,29 @@ def _warp(x: torch.Tensor, inverse_maps: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def _apply_ops(x: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Give image i op `op_ids[i]` at magnitude `magnitudes[i]`: one call per pixel op on the images
-    that drew it, one shared warp for all images that drew a geometric op."""
+def _apply_ops(x: torch.Tensor, op_ids: torch.Tensor, magnitudes: torch.Tensor, ops: tuple[str, ...] = OP_NAMES) -> torch.Tensor:
+    """Give image i op `op_ids[i]` at magnitude `magnitudes[i]`, for op ids among `ops`.
+
+    Every op in `ops` runs on the whole batch and a mask keeps each image's own result, so no op
+    count or index list is read back to the host (fixed shapes, no device sync); the geometric
+    ops share one warp whose per-image maps are selected the same way.
+    """
     h, w = x.shape[-2:]
-    out = torch.empty_like(x)
-    warped, inverse_maps = [], []
-    for name, idx in zip(OP_NAMES, torch.argsort(op_ids, stable=True).split(counts)):
-        if not idx.numel():
+    out = x
+    inverse_maps = None
+    geometric = torch.zeros_like(op_ids, dtype=torch.bool)
+    for name in ops:
+        if name == "Identity":
             continue
-        m = magnitudes.index_select(0, idx)
+        chosen = op_ids == OP_NAMES.index(name)
         if name in _AFFINE_OPS:
-            warped.append(idx)
-            inverse_maps.append(_AFFINE_OPS[name](m, h, w))
+            maps = _AFFINE_OPS[name](magnitudes, h, w)
+            inverse_maps = maps if inverse_maps is None else torch.where(chosen[:, None, None], maps, inverse_maps)
+            geometric = geometric | chosen
         else:
-            out.index_copy_(0, idx, _PIXEL_OPS[name](x.index_select(0, idx), m))
-    if warped:
-        idx = torch.cat(warped)
-        out.index_copy_(0, idx, _warp(x.index_select(0, idx), torch.cat(inverse_maps)))
+            out = torch.where(chosen[:, None, None, None], _PIXEL_OPS[name](x, magnitudes), out)
+    if inverse_maps is not None:
+        out = torch.where(geometric[:, None, None, None], _warp(x, inverse_maps), out)
     return out
 
 
@@ -175,9 +183,8 @@ def apply_op(x: torch.Tensor, name: str, magnitudes: torch.Tensor) -> torch.Tens
     (N,) in [0,1) that map onto the op's FixMatch range; for inspecting and testing single ops."""
     if name not in OP_NAMES:
         raise ValueError(f"unknown RandAugment op {name!r}; valid ops are: {', '.join(OP_NAMES)}")
-    counts = [x.shape[0] if op == name else 0 for op in OP_NAMES]
     op_ids = torch.full((x.shape[0],), OP_NAMES.index(name), device=x.device)
-    return _apply_ops(x, op_ids, magnitudes, counts)
+    return _apply_ops(x, op_ids, magnitudes, (name,))
 
 
 def rand_augment(x: torch.Tensor, num_ops: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,10 +197,8 @@ def rand_augment(x: torch.Tensor, num_ops: int) -> tuple[torch.Tensor, torch.Ten
     n = x.shape[0]
     op_ids = torch.randint(len(OP_NAMES), (n, num_ops), device=x.device)
     magnitudes = torch.rand(n, num_ops, device=x.device, dtype=x.dtype)
-    slot_offsets = torch.arange(num_ops, device=x.device) * len(OP_NAMES)
-    counts = torch.bincount((op_ids + slot_offsets).flatten(), minlength=num_ops * len(OP_NAMES))
-    for slot, slot_counts in enumerate(counts.view(num_ops, len(OP_NAMES)).tolist()):
-        x = _apply_ops(x, op_ids[:, slot], magnitudes[:, slot], slot_counts)
+    for slot in range(num_ops):
+        x = _apply_ops(x, op_ids[:, slot], magnitudes[:, slot])
     return x, op_ids
 
 

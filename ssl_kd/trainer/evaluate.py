@@ -60,5 +60,9 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPolicy | None, num_classes: int,
              batch_size: int = 1024, autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
-    logits, _ = predict(model, x, policy, batch_size, autocast)
-    return classification_metrics(logits, y, num_classes)
+    """Metrics of `model` on (x, y) under inference_mode (no autograd bookkeeping at all, unlike
+    no_grad); the tensors it makes never leave this function, as inference tensors cannot be
+    used in autograd later."""
+    with torch.inference_mode():
+        logits, _ = predict(model, x, policy, batch_size, autocast)
+        return classification_metrics(logits, y, num_classes)

@@ -25,7 +25,9 @@ from ssl_kd.data.sampler import InfiniteSampler
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
+from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import classification_metrics, evaluate, predict
 from ssl_kd.trainer.guard import FiniteGuard
@@ -57,18 +59,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data: SSLData, device: torch.device, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, data: SSLData, device: torch.device, run_dir: Path,
+                 dist: distributed.DistInfo | None = None) -> None:
         self.cfg = cfg
+        self.dist = dist or distributed.DistInfo()
         self.device = device
         self.run_dir = run_dir
         t = cfg.train
         seed_everything(t.seed)
         self.data = data.to(device)
-        self.model = build_network(t.net, self.data).to(device)
+        self.model = distributed.convert_batchnorm(build_network(t.net, self.data).to(device), self.dist, device, t.sync_bn)
         if device.type == "cuda" and t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = make_ema(self.model) if t.ema > 0 else None
-        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        self.forward_model = distributed.wrap(self.model, self.dist, device)
+        if t.compile:
+            self.forward_model = CompiledWithFallback(self.forward_model)
         self.optimizer = make_optimizer(self.model, t.lr, t.momentum, t.nesterov, t.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, t.steps, t.cosine_cycles, t.warmup_steps)
         algo_cls = algorithm_class(t.algo)
@@ -121,7 +127,7 @@ class Trainer:
             idx_u = next(self.unlabelled)
             batch.x_u = self.views(idx_u, self.algorithm.unlabelled_views)
             batch.idx_u = idx_u
-        return batch
+        return self.dist.shard_batch(batch)
 
     def train_one_step(self) -> tuple[dict[str, Any], Any]:
         batch = self.next_batch()
@@ -155,6 +161,7 @@ class Trainer:
     # ----- evaluation and checkpoints ---------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         d, t = self.data, self.cfg.train
+        distributed.average_buffers_([self.model, self.ema_model], self.dist)
         row: dict[str, Any] = {"step": self.step}
         models = {"": self.model, "ema_": self.ema_model, "algo_": self.algorithm.eval_model()}
         for prefix, model in models.items():
@@ -204,8 +211,11 @@ class Trainer:
                                      "optimiser state": self.optimizer.state})
 
     def save(self, best: bool = False) -> None:
-        """Write `last.pt` (after checking the state is finite), then copy it to `best.pt` if `best`."""
+        """Write `last.pt` (after checking the state is finite), then copy it to `best.pt` if `best`.
+        Only rank 0 writes, and nothing here is collective: only rank 0 knows when it saves best.pt."""
         self.check_finite()
+        if not self.dist.is_main:
+            return
         last = self.run_dir / "checkpoints" / "last.pt"
         save_checkpoint(self.state(), last)
         self.guard.last_good = (self.step, last)
