@@ -14,6 +14,7 @@ from ssl_kd.data.paths import resolve_data_dir
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
+from ssl_kd.trainer.schedule import check_schedule
 
 
 def pick_device(name: str) -> torch.device:
@@ -69,6 +70,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.uratio must be >= 0, got {t.uratio}")
     if not 0.0 <= t.ema < 1.0:
         raise ConfigError(f"train.ema must be in [0, 1), got {t.ema}; use 0 to disable the EMA")
+    check_schedule(t)
     if t.net:
         NETWORKS.get(t.net)
 

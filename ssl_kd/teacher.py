@@ -22,7 +22,7 @@ from torch import nn
 from ssl_kd.data.build import parse_dataset_name
 from ssl_kd.errors import CheckpointError
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
-from ssl_kd.trainer.schedule import cosine_factor, cosine_schedule, make_optimizer
+from ssl_kd.trainer.schedule import lr_factor, make_optimizer, make_schedule
 
 TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl")
 
@@ -66,13 +66,13 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 
 
 class TeacherOptimiser:
-    """The teacher's own SGD and cosine schedule, with the student's settings unless `lr` is given.
+    """The teacher's own SGD and learning-rate schedule, with the student's settings unless `lr` is given.
     Both live in the algorithm's state_dict, so resume is exact."""
 
     def __init__(self, teacher: nn.Module, train_cfg: Any, lr: float = 0.0) -> None:
         t = train_cfg
         self.optimizer = make_optimizer(teacher, lr or t.lr, t.momentum, t.nesterov, t.weight_decay)
-        self.scheduler = cosine_schedule(self.optimizer, t.steps, t.cosine_cycles, t.warmup_steps)
+        self.scheduler = make_schedule(self.optimizer, t)
 
     def step(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
@@ -92,8 +92,7 @@ class TeacherOptimiser:
 
 def student_lr(train_cfg: Any, step: int) -> float:
     """The learning rate the trainer's optimiser used for the student at `step`."""
-    t = train_cfg
-    return t.lr * cosine_factor(step, t.steps, t.cosine_cycles, t.warmup_steps)
+    return train_cfg.lr * lr_factor(step, train_cfg)
 
 
 @contextmanager
