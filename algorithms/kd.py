@@ -255,7 +255,12 @@ class KD(Algorithm):
             t_loss = (w * F.cross_entropy(t_logits.float(), y, reduction="none")).mean()
             logs["loss/teacher"] = t_loss.detach()
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
+        logs.update(self.teacher_weight_logs(w, t_logits.detach().argmax(-1), y))
         return self.weight_outputs(StepOutput(loss=loss, logs=logs), w, batch.idx_l)
+
+    def teacher_weight_logs(self, w: torch.Tensor, teacher_pred: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """KD mode: statistics of the weights where the teacher is wrong / right (none for unweighted KD)."""
+        return {}
 
     def kd_mode_loss(self, s_logits: torch.Tensor, teacher_probs: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -104,3 +104,20 @@ def weight_logs(w: Tensor, prefix: str) -> dict[str, Tensor]:
     w = w.detach().float()
     return {f"{prefix}/mean": w.mean(), f"{prefix}/std": w.std(correction=0), f"{prefix}/min": w.min(),
             f"{prefix}/max": w.max(), f"{prefix}/share_below_half": (w < 0.5).float().mean()}
+
+
+def teacher_weight_logs(w: Tensor, teacher_pred: Tensor, labels: Tensor, prefix: str = "weight") -> dict[str, Tensor]:
+    """KD mode: mean weight of the examples the teacher gets wrong vs right (its targets are
+    harmful where it is wrong) and per class of the label (`<prefix>/class_<c>`, classes in the batch)."""
+    w = w.detach().float()
+    wrong = teacher_pred != labels
+    logs: dict[str, Tensor] = {}
+    if wrong.any():
+        logs[f"{prefix}/teacher_wrong_mean"] = w[wrong].mean()
+    if not wrong.all():
+        logs[f"{prefix}/teacher_right_mean"] = w[~wrong].mean()
+    classes, inverse = labels.unique(return_inverse=True)
+    sums = torch.zeros(classes.numel(), device=w.device).index_add_(0, inverse, w)
+    counts = torch.zeros(classes.numel(), device=w.device).index_add_(0, inverse, torch.ones_like(w))
+    logs.update({f"{prefix}/class_{int(c)}": m for c, m in zip(classes, sums / counts)})
+    return logs

@@ -119,3 +119,25 @@ def test_dkdaif_weights_use_the_dkd_gradient(tmp_path, teacher_ckpt):
 def test_dkd_needs_kd_mode(tmp_path):
     with pytest.raises(ConfigError, match="KD mode|algo.mode=kd"):
         make_trainer(tmp_path, "dkd", 2, "--set", "algo.mode=ssl", "--set", "algo.teacher_warmup=0.5")
+
+
+def test_teacher_weight_logs_split_by_teacher_correctness_and_class():
+    from ssl_kd.distill import teacher_weight_logs
+
+    w = torch.tensor([0.5, 1.5, 2.0, 1.0])
+    logs = teacher_weight_logs(w, teacher_pred=torch.tensor([0, 1, 0, 2]), labels=torch.tensor([0, 0, 2, 2]))
+    assert logs["weight/teacher_right_mean"].item() == pytest.approx(0.75)  # examples 0 and 3
+    assert logs["weight/teacher_wrong_mean"].item() == pytest.approx(1.75)  # examples 1 and 2
+    assert logs["weight/class_0"].item() == pytest.approx(1.0) and logs["weight/class_2"].item() == pytest.approx(1.5)
+    assert "weight/class_1" not in logs
+
+
+def test_kdaif_logs_weights_where_the_teacher_is_wrong(tmp_path, teacher_ckpt):
+    trainer = make_trainer(tmp_path, "dkdaif", 2, "--dataset", "digits", "--teacher-ckpt", str(teacher_ckpt),
+                           "--set", "algo.weight_warmup=0")
+    logs, _ = trainer.train_one_step()
+    right = float(logs["train/teacher_batch_acc"]) / 100
+    mixed = right * float(logs.get("weight/teacher_right_mean", 0)) + (1 - right) * float(logs.get("weight/teacher_wrong_mean", 0))
+    assert mixed == pytest.approx(float(logs["weight/mean"]), rel=1e-5)  # the two groups partition the batch
+    class_means = [float(v) for k, v in logs.items() if k.startswith("weight/class_")]
+    assert class_means and min(class_means) <= float(logs["weight/mean"]) <= max(class_means)

@@ -98,3 +98,8 @@ def resnet32x4(num_classes: int, in_channels: int = 3) -> ResNet:
 @register_network("resnet50")
 def resnet50(num_classes: int, in_channels: int = 3) -> ResNet:
     return ResNet(num_classes, in_channels, Bottleneck, 64, (64, 128, 256, 512), (3, 4, 6, 3))
+
+
+@register_network("resnet8")
+def resnet8(num_classes: int, in_channels: int = 3) -> ResNet:
+    return cifar_resnet(num_classes, in_channels, 8, 16, (16, 32, 64))
