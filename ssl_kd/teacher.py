@@ -21,6 +21,7 @@ from torch import nn
 
 from ssl_kd.data.build import parse_dataset_name
 from ssl_kd.errors import CheckpointError
+from ssl_kd.registry import DATASETS, discover_all
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
 from ssl_kd.trainer.schedule import lr_factor, make_optimizer, make_schedule
 
@@ -30,6 +31,15 @@ TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl")
 def plain_module(model: nn.Module) -> nn.Module:
     """The module under torch.compile's wrapper (its parameters and modes are the same)."""
     return getattr(model, "_orig_mod", model)
+
+
+def describe_family(family: str) -> str:
+    """What a teacher must share with its student: the classes and the input statistics."""
+    discover_all()
+    if family not in DATASETS:
+        return "an unknown dataset"
+    fam = DATASETS.get(family)
+    return f"{fam.num_classes} classes, inputs normalised with mean {fam.policy.mean} and std {fam.policy.std}"
 
 
 def load_teacher(path: str, dataset: str, net: str, make_net: Callable[[str], nn.Module]) -> tuple[nn.Module, str, str]:
@@ -44,8 +54,9 @@ def load_teacher(path: str, dataset: str, net: str, make_net: Callable[[str], nn
     saved = state["config"]["train"]
     family, student_family = parse_dataset_name(saved["dataset"])[0], parse_dataset_name(dataset)[0]
     if family != student_family:
-        raise CheckpointError(f"teacher checkpoint {ckpt} was trained on {saved['dataset']!r}, but this run is on "
-                              f"{dataset!r}; give a teacher trained on {student_family} (e.g. --algo supervised --dataset {student_family})")
+        raise CheckpointError(f"teacher checkpoint {ckpt} was trained on {saved['dataset']!r} ({describe_family(family)}), "
+                              f"but this run is on {dataset!r} ({describe_family(student_family)}); give a teacher trained on "
+                              f"{student_family} (e.g. --algo supervised --dataset {student_family})")
     if net and net != saved["net"]:
         raise CheckpointError(f"--teacher-net {net!r} does not match teacher checkpoint {ckpt}, which holds a "
                               f"{saved['net']!r}; drop --teacher-net (the checkpoint's network is used) or give {saved['net']!r}")

@@ -77,3 +77,24 @@ def test_zoo_preset_is_the_240_epoch_sgd_protocol():
     assert (t.lr, t.batch_size, t.weight_decay, t.lr_schedule, t.lr_decay, t.ema) == (0.05, 64, 5e-4, "multistep", 0.1, 0.0)
     assert t.steps == pytest.approx(240 * epoch, rel=1e-3)
     assert [round(m * t.steps / epoch) for m in t.lr_milestones] == [150, 180, 210]
+
+
+def test_cifar100_zoo_workflow_and_a_mismatched_teacher(tmp_path):
+    """Teacher then DKD student with the zoo preset on tiny CIFAR-100 release files; a CIFAR-10
+    teacher is refused with the class counts and input statistics that differ."""
+    from ssl_kd.cli import main as train_main
+    from ssl_kd.errors import CheckpointError
+    from ssl_kd.teacher import load_teacher
+    from tests.test_datasets import write_cifar10, write_cifar100
+
+    write_cifar100(tmp_path / "data")
+    write_cifar10(tmp_path / "data")
+    tiny = ["--config", str(REPO / "configs" / "zoo_cifar100.yaml"), "--net", "resnet8", "--steps", "2", "--eval-every", "2",
+            "--batch-size", "8", "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--no-progress"]
+    assert train_main(["--algo", "supervised", "--dataset", "cifar100", *tiny, "--out", str(tmp_path / "t100")]) == 0
+    assert train_main(["--algo", "dkd", "--dataset", "cifar100", *tiny, "--teacher-ckpt", str(tmp_path / "t100"),
+                       "--out", str(tmp_path / "s100")]) == 0
+    assert (tmp_path / "s100" / "summary.json").exists()
+    assert train_main(["--algo", "supervised", "--dataset", "cifar10", *tiny, "--out", str(tmp_path / "t10")]) == 0
+    with pytest.raises(CheckpointError, match=r"'cifar10' \(10 classes.*'cifar100' \(100 classes.*std"):
+        load_teacher(str(tmp_path / "t10"), "cifar100", "", lambda name: NETWORKS.get(name)(100))
