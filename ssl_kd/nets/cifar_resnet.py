@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_kd.nets.base import Classifier
-from ssl_kd.nets.init import conv_bn, init_weights
+from ssl_kd.nets.blocks import PooledCNN, conv_bn
 from ssl_kd.registry import register_network
 
 
@@ -45,7 +44,7 @@ class Bottleneck(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class ResNet(Classifier):
+class ResNet(PooledCNN):
     """Stem -> stages of `block` (widths[i] with blocks[i] each, the first of stage i > 0 strided) -> global average pool."""
 
     def __init__(self, num_classes: int, in_channels: int, block: type[nn.Module], stem: int,
@@ -57,12 +56,7 @@ class ResNet(Classifier):
             for j in range(n):
                 layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
                 cin = width * block.expansion  # type: ignore[attr-defined]
-        self.backbone = nn.Sequential(*layers)
-        self._make_head(cin, num_classes)
-        init_weights(self)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x).mean(dim=(2, 3))
+        self._build(layers, cin, num_classes)
 
 
 def cifar_resnet(num_classes: int, in_channels: int, depth: int, stem: int, widths: tuple[int, int, int]) -> ResNet:

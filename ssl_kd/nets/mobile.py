@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_kd.nets.base import Classifier
-from ssl_kd.nets.init import conv_bn, init_weights
+from ssl_kd.nets.blocks import PooledCNN, conv_bn
 from ssl_kd.registry import register_network
 
 # (expansion, channels, blocks, stride of the first block) at width 1
@@ -32,7 +31,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-class MobileNetV2(Classifier):
+class MobileNetV2(PooledCNN):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 0.5, last: int = 1280) -> None:
         super().__init__()
         cin = int(32 * width)
@@ -43,12 +42,7 @@ class MobileNetV2(Classifier):
                 layers.append(InvertedResidual(cin, cout, stride if j == 0 else 1, expansion))
                 cin = cout
         layers.append(conv_bn(cin, last, 1))
-        self.backbone = nn.Sequential(*layers)
-        self._make_head(last, num_classes)
-        init_weights(self)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x).mean(dim=(2, 3))
+        self._build(layers, last, num_classes)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -82,7 +76,7 @@ class ShuffleDown(nn.Module):
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], dim=1))
 
 
-class ShuffleNetV2(Classifier):
+class ShuffleNetV2(PooledCNN):
     def __init__(self, num_classes: int, in_channels: int = 3, widths: tuple[int, int, int] = (116, 232, 464),
                  blocks: tuple[int, int, int] = (3, 7, 3), last: int = 1024) -> None:
         super().__init__()
@@ -93,12 +87,7 @@ class ShuffleNetV2(Classifier):
             layers += [ShuffleBlock(width) for _ in range(n)]
             cin = width
         layers.append(conv_bn(cin, last, 1))
-        self.backbone = nn.Sequential(*layers)
-        self._make_head(last, num_classes)
-        init_weights(self)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x).mean(dim=(2, 3))
+        self._build(layers, last, num_classes)
 
 
 @register_network("mobilenetv2")

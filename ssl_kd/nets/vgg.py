@@ -5,11 +5,9 @@ stages (not after the fourth at 32x32), global average pooling, one linear head 
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ssl_kd.nets.base import Classifier
-from ssl_kd.nets.init import init_weights
+from ssl_kd.nets.blocks import PooledCNN
 from ssl_kd.registry import register_network
 
 STAGES = {
@@ -18,7 +16,7 @@ STAGES = {
 }
 
 
-class VGG(Classifier):
+class VGG(PooledCNN):
     def __init__(self, num_classes: int, in_channels: int, stages: tuple[tuple[int, ...], ...]) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -29,12 +27,7 @@ class VGG(Classifier):
                 cin = width
             if i < 3:
                 layers.append(nn.MaxPool2d(2))
-        self.backbone = nn.Sequential(*layers)
-        self._make_head(cin, num_classes)
-        init_weights(self)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x).mean(dim=(2, 3))
+        self._build(layers, cin, num_classes)
 
 
 @register_network("vgg8")

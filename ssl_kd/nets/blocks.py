@@ -1,7 +1,11 @@
-"""Weight initialisation shared by the CIFAR zoo (RepDistiller's: He-normal convolutions, BN at identity)."""
+"""Pieces shared by the CIFAR zoo: conv + BN (+ ReLU), RepDistiller's initialisation (He-normal
+convolutions, BN at identity) and the backbone -> global average pool -> head classifier."""
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from ssl_kd.nets.base import Classifier
 
 
 def init_weights(module: nn.Module) -> None:
@@ -24,3 +28,15 @@ def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int =
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+class PooledCNN(Classifier):
+    """A convolutional backbone, global average pooling, then the linear head."""
+
+    def _build(self, layers: list[nn.Module], num_features: int, num_classes: int) -> None:
+        self.backbone = nn.Sequential(*layers)
+        self._make_head(num_features, num_classes)
+        init_weights(self)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x).mean(dim=(2, 3))
