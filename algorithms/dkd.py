@@ -44,6 +44,7 @@ class DKDConfig(KDConfig):
 class DKD(KD):
     Config = DKDConfig
     name = "dkd"
+    needs_teacher_ckpt = True  # KD mode only: it always distils a checkpoint teacher
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
