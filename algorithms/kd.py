@@ -259,16 +259,28 @@ class KD(Algorithm):
         (t_logits,) = self.teacher_logits(x)
         teacher_probs = torch.softmax(t_logits.detach().float() / cfg.tau, dim=-1)
         s_logits, feats = self.model(x)
-        distill, ce = kd_losses(s_logits, teacher_probs, y, cfg.tau)
+        per_example, parts = self.kd_mode_loss(s_logits, teacher_probs, y)
         w = self.labelled_weights(feats, s_logits, teacher_probs, y, batch.idx_l)
-        loss = (w * (cfg.alpha * distill + (1 - cfg.alpha) * ce)).mean()
-        logs: dict[str, Any] = {"loss/distill": (w * distill).mean().detach(), "loss/sup": (w * ce).mean().detach(),
-                                "train/teacher_batch_acc": 100.0 * (t_logits.detach().argmax(-1) == y).float().mean()}
+        loss = (w * per_example).mean()
+        logs: dict[str, Any] = {f"loss/{k}": (w * v).mean().detach() for k, v in parts.items()}
+        logs["train/teacher_batch_acc"] = 100.0 * (t_logits.detach().argmax(-1) == y).float().mean()
         if self.update == "weighted_ce":
             t_loss = (w * F.cross_entropy(t_logits.float(), y, reduction="none")).mean()
             logs["loss/teacher"] = t_loss.detach()
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
+        logs.update(self.teacher_weight_logs(w, t_logits.detach().argmax(-1), y))
         return self.weight_outputs(StepOutput(loss=loss, logs=logs), w, batch.idx_l)
+
+    def teacher_weight_logs(self, w: torch.Tensor, teacher_pred: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """KD mode: statistics of the weights where the teacher is wrong / right (none for unweighted KD)."""
+        return {}
+
+    def kd_mode_loss(self, s_logits: torch.Tensor, teacher_probs: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """KD mode's per-example loss and its named parts (logged as weighted batch means); DKD
+        (dkd.py) overrides this with its decoupled loss."""
+        distill, ce = kd_losses(s_logits, teacher_probs, labels, self.cfg.tau)
+        return self.cfg.alpha * distill + (1 - self.cfg.alpha) * ce, {"distill": distill, "sup": ce}
 
     # ----- the teacher's losses and updates -------------------------------------------------------
     def teacher_uda_loss(self, t_l: torch.Tensor, t_uw: torch.Tensor, t_us: torch.Tensor, y_l: torch.Tensor,

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from ssl_kd.algorithm import StepOutput
 from ssl_kd.algorithms.kd import KD, KDConfig
 from ssl_kd.augment.views import VIEW_NAMES, make_view
-from ssl_kd.distill import DistillWeighter, pack_targets, weight_logs
+from ssl_kd.distill import DistillWeighter, pack_targets, teacher_weight_logs, weight_logs
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence import InfluenceConfig, InfluenceWeighter, flip_detection_auc
 from ssl_kd.influence.diagnostics import weight_diagnostics
@@ -315,6 +315,9 @@ class KDAIF(KD):
             if noisy.any() and not noisy.all():
                 out.logs.update({"weight/noisy_mean": w[noisy].mean(), "weight/clean_mean": w[~noisy].mean()})
         return out
+
+    def teacher_weight_logs(self, w: torch.Tensor, teacher_pred: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        return teacher_weight_logs(w, teacher_pred, labels)
 
     def eval_metrics(self) -> dict[str, Any]:
         """SSL mode: the probe's weight diagnostics. KD mode with flipped labels: ROC-AUC of low

@@ -82,8 +82,23 @@ def list_registered() -> str:
         fam = DATASETS.get(name)
         presets = ", ".join(f"{name}_{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{name}_{n}" for n in fam.presets)
         lines.append(f"  {name:<10} {fam.description} (presets: {name}{', ' + presets if presets else ''})")
-    lines += ["networks:", *(f"  {n:<18} {doc_line(NETWORKS.get(n))}" for n in NETWORKS.names())]
+    lines.append("networks (parameters with a 100-class head):")
+    for name in NETWORKS.names():
+        count = parameter_count(NETWORKS.get(name))
+        lines.append(f"  {name:<18} {'?' if count is None else f'{count / 1e6:.2f}M':>7}  {doc_line(NETWORKS.get(name))}")
     return "\n".join(lines)
+
+
+def parameter_count(factory: Any, num_classes: int = 100) -> int | None:
+    """Parameters of a registered network, built on the meta device (no memory, no initialisation
+    cost); None for a plugin network that cannot be built there."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in factory(num_classes).parameters())
+    except Exception:  # a plugin's constructor may need real tensors; the listing must still work
+        return None
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:

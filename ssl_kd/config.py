@@ -34,7 +34,10 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"  # cosine | multistep (see ssl_kd/trainer/schedule.py)
     cosine_cycles: float = 7 / 16  # FixMatch: lr * cos(7*pi*k / (16*K))
+    lr_milestones: tuple[float, ...] = (0.625, 0.75, 0.875)  # multistep: fractions of steps (150/180/210 of 240 epochs)
+    lr_decay: float = 0.1  # multistep: factor at each milestone
     warmup_steps: int = 0
     ema: float = 0.999  # EMA decay of the evaluated model; 0 disables the EMA
     device: str = "auto"  # auto | cpu | cuda

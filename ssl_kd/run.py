@@ -15,6 +15,7 @@ from ssl_kd.data.paths import resolve_data_dir
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
+from ssl_kd.trainer.schedule import check_schedule
 
 
 def pick_device(name: str) -> torch.device:
@@ -79,6 +80,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.ema must be in [0, 1), got {t.ema}; use 0 to disable the EMA")
     in_range(t.momentum, 0.0, 1.0, "train.momentum", "e.g. 0.9")
     in_range(t.weight_decay, 0.0, float("inf"), "train.weight_decay", "e.g. 5e-4")
+    check_schedule(t)
     if cfg.algo is not None:
         check_algo_ranges(cfg.algo)
     if t.net:

@@ -25,8 +25,9 @@ from torch import nn
 
 from ssl_kd.data.build import parse_dataset_name
 from ssl_kd.errors import CheckpointError
+from ssl_kd.registry import DATASETS, discover_all
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
-from ssl_kd.trainer.schedule import cosine_factor, cosine_schedule, make_optimizer
+from ssl_kd.trainer.schedule import lr_factor, make_optimizer, make_schedule
 
 TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl", "feedback")
 
@@ -34,6 +35,15 @@ TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl", "feedback")
 def plain_module(model: nn.Module) -> nn.Module:
     """The module under torch.compile's wrapper (its parameters and modes are the same)."""
     return getattr(model, "_orig_mod", model)
+
+
+def describe_family(family: str) -> str:
+    """What a teacher must share with its student: the classes and the input statistics."""
+    discover_all()
+    if family not in DATASETS:
+        return "an unknown dataset"
+    fam = DATASETS.get(family)
+    return f"{fam.num_classes} classes, inputs normalised with mean {fam.policy.mean} and std {fam.policy.std}"
 
 
 def load_teacher(path: str, dataset: str, net: str, make_net: Callable[[str], nn.Module]) -> tuple[nn.Module, str, str]:
@@ -48,8 +58,9 @@ def load_teacher(path: str, dataset: str, net: str, make_net: Callable[[str], nn
     saved = state["config"]["train"]
     family, student_family = parse_dataset_name(saved["dataset"])[0], parse_dataset_name(dataset)[0]
     if family != student_family:
-        raise CheckpointError(f"teacher checkpoint {ckpt} was trained on {saved['dataset']!r}, but this run is on "
-                              f"{dataset!r}; give a teacher trained on {student_family} (e.g. --algo supervised --dataset {student_family})")
+        raise CheckpointError(f"teacher checkpoint {ckpt} was trained on {saved['dataset']!r} ({describe_family(family)}), "
+                              f"but this run is on {dataset!r} ({describe_family(student_family)}); give a teacher trained on "
+                              f"{student_family} (e.g. --algo supervised --dataset {student_family})")
     if net and net != saved["net"]:
         raise CheckpointError(f"--teacher-net {net!r} does not match teacher checkpoint {ckpt}, which holds a "
                               f"{saved['net']!r}; drop --teacher-net (the checkpoint's network is used) or give {saved['net']!r}")
@@ -70,13 +81,13 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 
 
 class TeacherOptimiser:
-    """The teacher's own SGD and cosine schedule, with the student's settings unless `lr` is given.
+    """The teacher's own SGD and learning-rate schedule, with the student's settings unless `lr` is given.
     Both live in the algorithm's state_dict, so resume is exact."""
 
     def __init__(self, teacher: nn.Module, train_cfg: Any, lr: float = 0.0) -> None:
         t = train_cfg
         self.optimizer = make_optimizer(teacher, lr or t.lr, t.momentum, t.nesterov, t.weight_decay)
-        self.scheduler = cosine_schedule(self.optimizer, t.steps, t.cosine_cycles, t.warmup_steps)
+        self.scheduler = make_schedule(self.optimizer, t)
 
     def step(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
@@ -96,8 +107,7 @@ class TeacherOptimiser:
 
 def student_lr(train_cfg: Any, step: int) -> float:
     """The learning rate the trainer's optimiser used for the student at `step`."""
-    t = train_cfg
-    return t.lr * cosine_factor(step, t.steps, t.cosine_cycles, t.warmup_steps)
+    return train_cfg.lr * lr_factor(step, train_cfg)
 
 
 @contextmanager

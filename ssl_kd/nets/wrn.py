@@ -1,4 +1,5 @@
-"""Wide ResNet-28-k as used by FixMatch (Zagoruyko & Komodakis 2016; leaky ReLU 0.1, BN momentum 0.001)."""
+"""Wide ResNets (Zagoruyko & Komodakis 2016): WRN-28-k as used by FixMatch (leaky ReLU 0.1, BN
+momentum 0.001) and WRN-40-2 / WRN-16-2 of the RepDistiller zoo (ReLU, BN momentum 0.1)."""
 from __future__ import annotations
 
 import torch
@@ -11,13 +12,14 @@ BN_MOMENTUM = 0.001  # FixMatch's BN decay 0.999
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, activate_before_residual: bool = False) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, activate_before_residual: bool = False,
+                 slope: float = 0.1, bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin, momentum=BN_MOMENTUM)
+        self.bn1 = nn.BatchNorm2d(cin, momentum=bn_momentum)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout, momentum=BN_MOMENTUM)
+        self.bn2 = nn.BatchNorm2d(cout, momentum=bn_momentum)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.act = nn.LeakyReLU(0.1, inplace=True)
+        self.act = nn.LeakyReLU(slope, inplace=True)
         self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
         self.activate_before_residual = activate_before_residual
 
@@ -30,7 +32,8 @@ class BasicBlock(nn.Module):
 
 
 class WideResNet(Classifier):
-    def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 28, widen: int = 2) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 28, widen: int = 2,
+                 slope: float = 0.1, bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
@@ -39,8 +42,8 @@ class WideResNet(Classifier):
             for i in range(n):
                 cin = widths[group] if i == 0 else widths[group + 1]
                 stride = (1 if group == 0 else 2) if i == 0 else 1
-                layers.append(BasicBlock(cin, widths[group + 1], stride, activate_before_residual=(group == 0 and i == 0)))
-        layers += [nn.BatchNorm2d(widths[3], momentum=BN_MOMENTUM), nn.LeakyReLU(0.1, inplace=True)]
+                layers.append(BasicBlock(cin, widths[group + 1], stride, group == 0 and i == 0, slope, bn_momentum))
+        layers += [nn.BatchNorm2d(widths[3], momentum=bn_momentum), nn.LeakyReLU(slope, inplace=True)]
         self.backbone = nn.Sequential(*layers)
         self._make_head(widths[3], num_classes)
         for m in self.modules():
@@ -62,3 +65,14 @@ def wrn28_2(num_classes: int, in_channels: int = 3) -> WideResNet:
 @register_network("wrn28_8")
 def wrn28_8(num_classes: int, in_channels: int = 3) -> WideResNet:
     return WideResNet(num_classes, in_channels, 28, 8)
+
+
+# RepDistiller's WRNs: plain ReLU (slope 0) and PyTorch's default BN momentum
+@register_network("wrn40_2")
+def wrn40_2(num_classes: int, in_channels: int = 3) -> WideResNet:
+    return WideResNet(num_classes, in_channels, 40, 2, slope=0.0, bn_momentum=0.1)
+
+
+@register_network("wrn16_2")
+def wrn16_2(num_classes: int, in_channels: int = 3) -> WideResNet:
+    return WideResNet(num_classes, in_channels, 16, 2, slope=0.0, bn_momentum=0.1)

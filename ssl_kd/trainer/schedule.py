@@ -1,9 +1,20 @@
-"""FixMatch's learning-rate schedule: lr * cos(cycles * pi * k / K), with optional linear warm-up."""
+"""Learning-rate schedules, chosen by `train.lr_schedule`, each with an optional linear warm-up:
+
+- `cosine` (FixMatch's): lr * cos(cycles * pi * k / K);
+- `multistep` (the CIFAR distillation zoo's, RepDistiller/CRD/DKD): lr * decay^m, m the number of
+  milestones passed, milestones given as fractions of train.steps (150/180/210 of 240 epochs is
+  0.625/0.75/0.875).
+"""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+
+from ssl_kd.errors import ConfigError
+
+LR_SCHEDULES = ("cosine", "multistep")
 
 
 def cosine_factor(step: int, total_steps: int, cycles: float, warmup: int = 0) -> float:
@@ -14,8 +25,33 @@ def cosine_factor(step: int, total_steps: int, cycles: float, warmup: int = 0) -
     return max(0.0, math.cos(math.pi * cycles * progress))
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, cycles: float, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps, cycles, warmup))
+def multistep_factor(step: int, total_steps: int, milestones: tuple[float, ...], decay: float, warmup: int = 0) -> float:
+    """The multiplier at `step` under step decay at the fractions `milestones` of `total_steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return decay ** sum(step >= round(m * total_steps) for m in milestones)
+
+
+def lr_factor(step: int, train_cfg: Any) -> float:
+    """The multiplier of train.lr at `step` under the run's `train.lr_schedule`."""
+    t = train_cfg
+    if t.lr_schedule == "multistep":
+        return multistep_factor(step, t.steps, t.lr_milestones, t.lr_decay, t.warmup_steps)
+    return cosine_factor(step, t.steps, t.cosine_cycles, t.warmup_steps)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, train_cfg: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train_cfg))
+
+
+def check_schedule(train_cfg: Any) -> None:
+    t = train_cfg
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule={t.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+    ms = list(t.lr_milestones)
+    if t.lr_schedule == "multistep" and (not all(0 < m < 1 for m in ms) or ms != sorted(ms) or not 0 < t.lr_decay <= 1):
+        raise ConfigError(f"train.lr_milestones={tuple(ms)} and train.lr_decay={t.lr_decay}: give increasing fractions "
+                          "of train.steps in (0, 1), e.g. [0.625,0.75,0.875], and a decay in (0, 1]")
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,

@@ -1,0 +1,40 @@
+"""VGG-8 and VGG-13 with BatchNorm for 32x32 inputs, as in the RepDistiller zoo (Tian et al. 2020).
+
+Five stages of 3x3 convolutions (with bias) + BN + ReLU; 2x2 max-pooling after the first three
+stages (not after the fourth at 32x32), global average pooling, one linear head on 512 features.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ssl_kd.nets.blocks import PooledCNN
+from ssl_kd.registry import register_network
+
+STAGES = {
+    "vgg8": ((64,), (128,), (256,), (512,), (512,)),
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+}
+
+
+class VGG(PooledCNN):
+    def __init__(self, num_classes: int, in_channels: int, stages: tuple[tuple[int, ...], ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, stage in enumerate(stages):
+            for width in stage:
+                layers += [nn.Conv2d(cin, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                cin = width
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+        self._build(layers, cin, num_classes)
+
+
+@register_network("vgg8")
+def vgg8(num_classes: int, in_channels: int = 3) -> VGG:
+    return VGG(num_classes, in_channels, STAGES["vgg8"])
+
+
+@register_network("vgg13")
+def vgg13(num_classes: int, in_channels: int = 3) -> VGG:
+    return VGG(num_classes, in_channels, STAGES["vgg13"])
