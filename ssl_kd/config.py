@@ -41,6 +41,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the network
+    optimizer: str = "auto"  # auto (the network's own: AdamW for hf: nets, else SGD) | sgd | adamw
     data_dir: str = ""  # empty: $SSL_KD_DATA, else ./data
     download: bool = False
     out: str = ""  # empty: runs/<algo>_<dataset>_s<seed>_<time>
@@ -57,6 +58,7 @@ class DataConfig:
     val_per_class: int = 0  # validation examples per class carved out of the training set
     label_noise: float = 0.0  # fraction of labelled labels flipped (noise probe)
     noise_mode: str = "symmetric"  # symmetric | pairwise (to the next class)
+    max_length: int = 128  # text: tokens per example, special tokens included (longer ones are truncated)
 
 
 @dataclass

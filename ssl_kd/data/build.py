@@ -12,7 +12,7 @@ import torch
 
 from ssl_kd.config import DataConfig
 from ssl_kd.data.family import DatasetFamily, RawData
-from ssl_kd.data.types import SSLData
+from ssl_kd.data.types import SSLData, TextPolicy
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.registry import DATASETS, discover, unknown_name_message
 
@@ -49,8 +49,10 @@ def resolve_family(name: str) -> tuple[DatasetFamily, int | None]:
     return DATASETS.get(family), labels
 
 
-def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: bool) -> SSLData:
+def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: bool, net: str = "") -> SSLData:
     """Load `name`'s family from `<data_dir>/<family>/` and split it as `data_cfg` says (on the CPU).
+
+    A text family is tokenised with network `net`'s tokenizer (default: the preset's network).
 
     With a label count, the unlabelled set is the whole training set minus validation (the
     FixMatch protocol: labelled examples included); without one, every non-validation example is
@@ -64,6 +66,11 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
     family, labels = resolve_family(name)
     per_class = labels_per_class(labels, family.num_classes, name) if labels is not None else None
     raw = family.load(data_dir / family.name, download)
+    policy = family.policy
+    if isinstance(policy, TextPolicy):
+        from ssl_kd.text.tokenise import tokenise_raw
+
+        raw, policy = tokenise_raw(raw, policy, net or family.protocol.get("net", ""), data_cfg.max_length)
     check_labels(raw, family)
     check_class_sizes(name, raw.train_y.bincount(minlength=family.num_classes), data_cfg.val_per_class, per_class)
     generator = torch.Generator().manual_seed(data_cfg.split_seed)
@@ -85,9 +92,10 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
         test_x=raw.test_x,
         test_y=raw.test_y,
         num_classes=family.num_classes,
-        policy=family.policy,
+        policy=policy,
         class_names=raw.class_names,
         noisy_idx=noisy_idx,
+        train_text=[" || ".join(t) for t in raw.train_text] if raw.train_text is not None else None,
     )
 
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.augment.views import make_view
-from ssl_kd.data.types import AugPolicy
+from ssl_kd.data.types import AugPolicy, TextPolicy
+from ssl_kd.text.metrics import official_metrics
 
 
 @torch.no_grad()
@@ -55,4 +56,7 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPolicy | None, num_classes: int,
              batch_size: int = 1024, autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
     logits, _ = predict(model, x, policy, batch_size, autocast)
-    return classification_metrics(logits, y, num_classes)
+    metrics = classification_metrics(logits, y, num_classes)
+    if isinstance(policy, TextPolicy):  # GLUE: the task's official metric by name beside the usual keys
+        metrics.update(official_metrics(policy.metric, logits, y))
+    return metrics

@@ -29,7 +29,7 @@ from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, save_c
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import evaluate
 from ssl_kd.trainer.logger import RunLogger
-from ssl_kd.trainer.schedule import cosine_schedule, make_optimizer
+from ssl_kd.trainer.optim import build_optimizer
 
 
 def seed_everything(seed: int) -> None:
@@ -66,8 +66,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = make_ema(self.model) if t.ema > 0 else None
         self.forward_model = torch.compile(self.model) if t.compile else self.model
-        self.optimizer = make_optimizer(self.model, t.lr, t.momentum, t.nesterov, t.weight_decay)
-        self.scheduler = cosine_schedule(self.optimizer, t.steps, t.cosine_cycles, t.warmup_steps)
+        self.optimizer, self.scheduler = build_optimizer(self.model, t)
         algo_cls = algorithm_class(t.algo)
         ctx = Context(
             num_classes=data.num_classes, total_steps=t.steps, device=device, data=self.data, train_cfg=t,
