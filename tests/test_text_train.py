@@ -149,3 +149,14 @@ def test_offline_minilm_fine_tunes_on_real_sst2_sentences(tmp_path, monkeypatch)
         loss().backward()
         opt.step()
     assert loss().item() < 0.5 * start
+
+
+def test_an_algorithm_that_cannot_train_on_text_says_so_at_start(tmp_path, text_env, monkeypatch):
+    fixmatch = ALGORITHMS.get("fixmatch")
+    monkeypatch.setattr(fixmatch, "modalities", ("image",))
+    with pytest.raises(ConfigError, match="algorithm 'fixmatch' cannot train on text data"):
+        make_text_trainer(text_env, tmp_path / "a", "fixmatch", 2)
+    monkeypatch.setattr(fixmatch, "modalities", ("image", "text"))
+    monkeypatch.setattr(fixmatch, "unlabelled_views", ("weak", "mixup"))
+    with pytest.raises(ConfigError, match="needs view 'mixup', which text data .* lacks; text views: none, strong, weak"):
+        make_text_trainer(text_env, tmp_path / "b", "fixmatch", 2)
