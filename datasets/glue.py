@@ -138,6 +138,6 @@ for _name, _task in TASKS.items():
             protocol=GLUE_PROTOCOL,
             presets=(1000,) if _name == "sst2" else (),
             description=f"GLUE {_task.folder} ({'pair' if len(_task.text_columns) > 1 else 'single sentence'}, "
-                        f"{_task.metric}; dev = evaluation split), from <data-dir>/glue/{_task.folder}/",
+                        f"{_task.metric}; evaluated on {_task.dev}), from <data-dir>/glue/{_task.folder}/",
         )
     )
