@@ -160,3 +160,22 @@ def test_an_algorithm_that_cannot_train_on_text_says_so_at_start(tmp_path, text_
     monkeypatch.setattr(fixmatch, "unlabelled_views", ("weak", "mixup"))
     with pytest.raises(ConfigError, match="needs view 'mixup', which text data .* lacks; text views: none, strong, weak"):
         make_text_trainer(text_env, tmp_path / "b", "fixmatch", 2)
+
+
+def test_tokenisation_is_cached_per_tokenizer_and_max_length(tmp_path, text_env, monkeypatch):
+    from ssl_kd.config import DataConfig
+    from ssl_kd.data.build import build_dataset
+    from ssl_kd.text import tokenise
+
+    monkeypatch.setenv("SSL_KD_CACHE", str(tmp_path / "cache"))
+    first = build_dataset("sst2", DataConfig(), Path(text_env["data"]), False, text_env["net"])
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenised again despite the cache")
+
+    monkeypatch.setattr(tokenise, "encode", refuse)
+    again = build_dataset("sst2", DataConfig(), Path(text_env["data"]), False, text_env["net"])
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_x, again.test_x)
+    with pytest.raises(AssertionError, match="tokenised again"):  # another max length is another cache entry
+        build_dataset("sst2", DataConfig(max_length=8), Path(text_env["data"]), False, text_env["net"])
