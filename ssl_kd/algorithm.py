@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ssl_kd.data.types import SSLData
+from ssl_kd.errors import ConfigError
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Algorithm:
     Config: ClassVar[type] = NoConfig
     labelled_views: ClassVar[tuple[str, ...]] = ("weak",)
     unlabelled_views: ClassVar[tuple[str, ...]] = ()
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # data it can train on (e.g. image mixing: image only)
     name: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, cfg: Any, ctx: Context) -> None:
@@ -83,6 +85,7 @@ class Algorithm:
         self.cfg = cfg
         self.ctx = ctx
         self.step = 0  # set by the trainer before each train_step
+        check_modality(type(self), ctx.data, getattr(ctx.train_cfg, "algo", "") or type(self).__name__)
 
     @property
     def needs_unlabelled(self) -> bool:
@@ -110,3 +113,18 @@ class Algorithm:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")
+
+
+def check_modality(algo: type[Algorithm], data: SSLData, name: str) -> None:
+    """At the start of a run: the algorithm must accept the data's modality and find its views there."""
+    from ssl_kd.augment.views import VIEWS, base_view
+
+    kind = data.modality
+    if kind not in algo.modalities:
+        raise ConfigError(f"algorithm {name!r} cannot train on {kind} data ({data.name}); "
+                          f"it supports {', '.join(algo.modalities)} data only; pick another algorithm")
+    for view in (*algo.labelled_views, *algo.unlabelled_views):
+        if (kind, base_view(view)) not in VIEWS:
+            known = sorted(name for k, name in VIEWS if k == kind)
+            raise ConfigError(f"algorithm {name!r} needs view {view!r}, which {kind} data "
+                              f"({data.name}) lacks; {kind} views: {', '.join(known)}")

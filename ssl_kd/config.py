@@ -45,6 +45,7 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the network
     sync_bn: bool = False  # torchrun: SyncBatchNorm across ranks (CUDA) instead of per-rank statistics
+    optimizer: str = "auto"  # auto (the network's own: AdamW for hf: nets, else SGD) | sgd | adamw
     data_dir: str = ""  # empty: $SSL_KD_DATA, else ./data
     download: bool = False
     out: str = ""  # empty: runs/<algo>_<dataset>_s<seed>_<time>
@@ -66,6 +67,7 @@ class DataConfig:
     # class mismatch: None = all classes; S in [0, 1] = seen classes only, a share S of the
     # unlabelled pool from the unseen ones (ssl_kd.data.mismatch)
     unlabelled_mismatch: float | None = None
+    max_length: int = 128  # text: tokens per example, special tokens included (longer ones are truncated)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -14,7 +15,9 @@ from ssl_kd.data.build import build_dataset, parse_dataset_name
 from ssl_kd.data.paths import resolve_data_dir
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError
+from ssl_kd.nets.hf import hf_network
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
+from ssl_kd.text.hub import is_hf_name, parse_hf_name
 from ssl_kd.trainer.schedule import check_schedule
 
 
@@ -84,7 +87,7 @@ def validate(cfg: Config) -> None:
     if cfg.algo is not None:
         check_algo_ranges(cfg.algo)
     if t.net:
-        NETWORKS.get(t.net)
+        network_factory(t.net)
 
 
 def in_range(value: float, low: float, high: float, key: str, hint: str) -> None:
@@ -143,13 +146,21 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 
 def build_data(cfg: Config) -> SSLData:
-    return build_dataset(cfg.train.dataset, cfg.data, resolve_data_dir(cfg.train.data_dir), cfg.train.download)
+    return build_dataset(cfg.train.dataset, cfg.data, resolve_data_dir(cfg.train.data_dir), cfg.train.download, cfg.train.net)
+
+
+def network_factory(name: str) -> Callable[..., nn.Module]:
+    """A registered network's factory; `hf:<name-or-path>[:layers=N]` names a Hugging Face model."""
+    discover_all()
+    if is_hf_name(name):
+        parse_hf_name(name)  # a bad option or a missing offline package fails here, before any data is read
+        return functools.partial(hf_network, name)
+    return NETWORKS.get(name)
 
 
 def build_network(name: str, data: SSLData) -> nn.Module:
     """Instantiate a registered network for `data` (classes and input channels)."""
-    discover_all()
-    factory = NETWORKS.get(name)
+    factory = network_factory(name)
     in_channels = data.train_x.shape[1] if data.train_x.ndim == 4 else 0
     return factory(data.num_classes, in_channels) if in_channels else factory(data.num_classes)
 

@@ -15,6 +15,7 @@ Teacher update mechanisms (`TEACHER_UPDATES`), chosen per run:
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -27,7 +28,8 @@ from ssl_kd.data.build import parse_dataset_name
 from ssl_kd.errors import CheckpointError
 from ssl_kd.registry import DATASETS, discover_all
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
-from ssl_kd.trainer.schedule import lr_factor, make_optimizer, make_schedule
+from ssl_kd.trainer.optim import build_optimizer
+from ssl_kd.trainer.schedule import lr_factor
 
 TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl", "feedback")
 
@@ -81,13 +83,13 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 
 
 class TeacherOptimiser:
-    """The teacher's own SGD and learning-rate schedule, with the student's settings unless `lr` is given.
-    Both live in the algorithm's state_dict, so resume is exact."""
+    """The teacher's own optimiser and schedule, chosen as the student's are (SGD + cosine, or
+    AdamW + linear for Hugging Face nets: ssl_kd.trainer.optim), with the student's settings unless
+    `lr` is given. Both live in the algorithm's state_dict, so resume is exact."""
 
     def __init__(self, teacher: nn.Module, train_cfg: Any, lr: float = 0.0) -> None:
-        t = train_cfg
-        self.optimizer = make_optimizer(teacher, lr or t.lr, t.momentum, t.nesterov, t.weight_decay)
-        self.scheduler = make_schedule(self.optimizer, t)
+        t = dataclasses.replace(train_cfg, lr=lr or train_cfg.lr)
+        self.optimizer, self.scheduler = build_optimizer(teacher, t)
 
     def step(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):

@@ -1,8 +1,10 @@
 """Named views of a batch: what an algorithm asks for ("weak", "strong", ...), computed on x's device.
 
 The data layer computes the views an algorithm declares and never branches on algorithm names;
-a view depends only on the dataset's AugPolicy. Inputs that are not images (token ids) pass
-through unchanged so text datasets share the same code path.
+a view depends only on the dataset's policy. The registry maps (modality, view name) to a batched
+function, the modality being the policy's (`AugPolicy`: image, `TextPolicy`: text), so "strong"
+is RandAugment + Cutout for images and token masking/deletion/span cutoff for text
+(ssl_kd.text.views) and no algorithm branches on modality.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import torch
 
 from ssl_kd.augment.randaugment import cutout, rand_augment
 from ssl_kd.augment.weak import weak_augment
-from ssl_kd.data.types import AugPolicy
+from ssl_kd.data.types import AugPolicy, TextPolicy
 from ssl_kd.errors import ConfigError, DataError
+from ssl_kd.text.views import identity, strong_text
 
 
 def _strong(x: torch.Tensor, policy: AugPolicy) -> torch.Tensor:
@@ -22,13 +25,22 @@ def _strong(x: torch.Tensor, policy: AugPolicy) -> torch.Tensor:
     return cutout(x, policy.cutout_fraction)
 
 
-_VIEWS: dict[str, Callable[[torch.Tensor, AugPolicy], torch.Tensor]] = {
+_IMAGE_VIEWS: dict[str, Callable[[torch.Tensor, AugPolicy], torch.Tensor]] = {
     "none": lambda x, policy: x,
     "weak": weak_augment,
     "strong": _strong,
 }
+_TEXT_VIEWS: dict[str, Callable[[torch.Tensor, TextPolicy], torch.Tensor]] = {
+    "none": identity,
+    "weak": identity,
+    "strong": strong_text,
+}
+VIEWS: dict[tuple[str, str], Callable] = {
+    **{("image", name): fn for name, fn in _IMAGE_VIEWS.items()},
+    **{("text", name): fn for name, fn in _TEXT_VIEWS.items()},
+}
 
-VIEW_NAMES: tuple[str, ...] = tuple(_VIEWS)
+VIEW_NAMES: tuple[str, ...] = tuple(_IMAGE_VIEWS)
 
 
 def _to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -56,17 +68,24 @@ def base_view(view: str) -> str:
     return stem if stem and number.isdigit() else view
 
 
-def make_view(view: str, x: torch.Tensor, policy: AugPolicy | None) -> torch.Tensor:
-    """Return view `view` of images x (uint8 (N,C,H,W)) as normalised float32 on x's device.
+def make_view(view: str, x: torch.Tensor, policy: AugPolicy | TextPolicy | None) -> torch.Tensor:
+    """Return view `view` of x on x's device: images (uint8 (N,C,H,W)) as normalised float32,
+    token ids (N,L) as token ids of the same shape.
 
     Randomness comes from torch's global RNG (on x's device), which the trainer seeds and
-    checkpoints, so views are reproducible. Without a policy, or for non-image inputs such as
-    token ids (N,L), x is returned unchanged.
+    checkpoints, so views are reproducible. Without a policy, or for images that are not 4-D,
+    x is returned unchanged.
     """
     base = base_view(view)
-    if base not in _VIEWS:
-        raise ConfigError(f"unknown view {view!r}; valid views are: {', '.join(VIEW_NAMES)} "
+    modality = policy.modality if policy is not None else "image"
+    if (modality, base) not in VIEWS:
+        names = sorted(name for kind, name in VIEWS if kind == modality)
+        raise ConfigError(f"unknown view {view!r} for {modality} data; valid views are: {', '.join(names)} "
                           f"(append _2, _3, ... for further independent draws, e.g. weak_2)")
-    if policy is None or x.dim() != 4:
+    if policy is None:
         return x
-    return normalise(_VIEWS[base](_to_unit_range(x), policy), policy)
+    if modality == "text":
+        return VIEWS[modality, base](x, policy)
+    if x.dim() != 4:
+        return x
+    return normalise(VIEWS[modality, base](_to_unit_range(x), policy), policy)

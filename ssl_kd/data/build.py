@@ -13,13 +13,13 @@ import torch
 from ssl_kd.config import DataConfig
 from ssl_kd.data.family import DatasetFamily, RawData
 from ssl_kd.data.mismatch import UNSEEN, SeenClasses, mismatched_pool, seen_classes
-from ssl_kd.data.types import SSLData
+from ssl_kd.data.types import SSLData, TextPolicy
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.registry import DATASETS, discover, unknown_name_message
 
 NOISE_MODES = ("symmetric", "pairwise")
 LABEL_SPEC = re.compile(r"(\d+)(k?)")
-NAME_EXAMPLES = "e.g. cifar10_40, cifar10_4k, cifar100_10k, svhn_1000, digits_30, or cifar10 for all labels"
+NAME_EXAMPLES = "e.g. cifar10_40, cifar10_4k, cifar100_10k, svhn_1000, digits_30, sst2_1k, or cifar10 for all labels"
 
 
 def parse_dataset_name(name: str) -> tuple[str, int | None]:
@@ -50,8 +50,10 @@ def resolve_family(name: str) -> tuple[DatasetFamily, int | None]:
     return DATASETS.get(family), labels
 
 
-def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: bool) -> SSLData:
+def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: bool, net: str = "") -> SSLData:
     """Load `name`'s family from `<data_dir>/<family>/` and split it as `data_cfg` says (on the CPU).
+
+    A text family is tokenised with network `net`'s tokenizer (default: the preset's network).
 
     With a label count, the unlabelled set is the whole training set minus validation (the
     FixMatch protocol: labelled examples included); without one, every non-validation example is
@@ -69,6 +71,11 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
     family, labels = resolve_family(name)
     per_class = labels_per_class(labels, family.num_classes, name) if labels is not None else None
     raw = family.load(data_dir / family.name, download)
+    policy = family.policy
+    if isinstance(policy, TextPolicy):
+        from ssl_kd.text.tokenise import tokenise_raw
+
+        raw, policy = tokenise_raw(raw, policy, net or family.protocol.get("net", ""), data_cfg.max_length)
     check_labels(raw, family)
     mismatch = data_cfg.unlabelled_mismatch
     if mismatch is not None and per_class is None:
@@ -99,11 +106,12 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
         test_x=view.test_x,
         test_y=view.test_y,
         num_classes=view.num_classes,
-        policy=family.policy,
+        policy=policy,
         class_names=view.class_names,
         noisy_idx=noisy_idx,
         ood_idx=ood_idx if ood_idx is not None and ood_idx.numel() else None,
         clean_y=view.train_y if noisy_idx is not None else None,
+        train_text=[" || ".join(t) for t in raw.train_text] if raw.train_text is not None else None,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from ssl_kd.data.types import AugPolicy
+from ssl_kd.data.types import AugPolicy, TextPolicy
 from ssl_kd.registry import DATASETS
 
 
@@ -29,13 +29,20 @@ FIXMATCH_PROTOCOL: dict[str, Any] = {
 
 @dataclass
 class RawData:
-    """A family's full training and test sets, before splitting."""
+    """A family's full training and test sets, before splitting.
+
+    Text families give their examples as `train_text`/`test_text` (one tuple of one or two
+    segments per example) and leave `train_x`/`test_x` empty: the data layer tokenises them with
+    the network's tokenizer (ssl_kd.text.tokenise) into token ids (N,L).
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     class_names: list[str]
+    train_text: list[tuple[str, ...]] | None = None
+    test_text: list[tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class DatasetFamily:
 
     name: str
     num_classes: int
-    policy: AugPolicy
+    policy: AugPolicy | TextPolicy  # its type declares the modality; a text family's ids are filled in at tokenisation
     load: Callable[[Path, bool], RawData]
     protocol: dict[str, Any] = field(default_factory=dict)
     presets: tuple[int, ...] = ()  # label counts listed by `--list` (any count is accepted)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -10,12 +11,33 @@ import torch
 class AugPolicy:
     """How a dataset's images are augmented and normalised (never depends on the algorithm)."""
 
+    modality: ClassVar[str] = "image"  # selects the view functions (ssl_kd.augment.views)
     mean: tuple[float, ...]
     std: tuple[float, ...]
     flip: bool = True  # horizontal flips (off for digits and SVHN: they change the class)
     crop_fraction: float = 0.125  # reflect-pad + random crop by this fraction of the side
     strong_ops: int = 2  # RandAugment operations per image
     cutout_fraction: float = 0.5  # Cutout side as a fraction of the image side (FixMatch: up to 0.5)
+
+
+@dataclass(frozen=True)
+class TextPolicy:
+    """How a text dataset's token ids (N,L), right-padded with `pad_id`, are augmented.
+
+    Ids come from the network's tokenizer, so the policy is made with the tokenised data
+    (ssl_kd.text.tokenise). Rates are per content token (special tokens and padding never change):
+    the strong view masks, then deletes, then cuts a span (Shen et al. 2020, "cutoff").
+    `metric` names the task's official metric (ssl_kd.text.metrics), reported beside top1.
+    """
+
+    modality: ClassVar[str] = "text"
+    pad_id: int = -1  # the ids are -1/() in a family's declaration until tokenisation fills them in
+    mask_id: int = -1
+    special_ids: tuple[int, ...] = ()  # [CLS], [SEP], [PAD], ... of the tokenizer
+    mask_rate: float = 0.1
+    delete_rate: float = 0.1
+    span_fraction: float = 0.1  # length of the cut span, as a fraction of the sentence's content tokens
+    metric: str = "accuracy"
 
 
 @dataclass
@@ -39,16 +61,21 @@ class SSLData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    policy: AugPolicy
+    policy: AugPolicy | TextPolicy
     class_names: list[str] = field(default_factory=list)
     noisy_idx: torch.Tensor | None = None  # labelled indices whose label was flipped (noise probe)
     ood_idx: torch.Tensor | None = None  # unlabelled indices of unseen classes (data.unlabelled_mismatch > 0)
     clean_y: torch.Tensor | None = None  # the labels before flipping when noisy_idx is set
+    train_text: list[str] | None = None  # text datasets: the training sentences, for explanations
 
     def true_labels(self, idx: torch.Tensor) -> torch.Tensor:
         """Ground truth of training examples, to monitor pseudo-labels only (never to train on):
         the label before any noise flip, and -1 for an unseen class (which no prediction matches)."""
         return (self.clean_y if self.clean_y is not None else self.train_y)[idx]
+
+    @property
+    def modality(self) -> str:
+        return self.policy.modality
 
     @property
     def has_unlabelled(self) -> bool:

@@ -170,8 +170,8 @@ def write_report(
     split: str = "all", writer: Any = None, cfg: InfluenceConfig | None = None, limit: int = 0,
     batch_size: int = 512,
 ) -> dict[str, Path]:
-    """Rank, then write a CSV of every example, a weight histogram, and (for images) a PNG grid of
-    the `top` most helpful and most harmful examples into `out_dir`; the same figures go to a
+    """Rank, then write a CSV of every example, a weight histogram, and (for images) a PNG grid or
+    (for text) a sentence CSV and Markdown table of the `top` most helpful and most harmful examples into `out_dir`; the same figures go to a
     TensorBoard SummaryWriter if given. Returns the written paths by kind."""
     if top < 1:
         raise ConfigError(f"--top {top}: show at least one example per side")
@@ -185,6 +185,10 @@ def write_report(
     if data.train_x.dim() == 4 and data.train_x.dtype == torch.uint8:
         figures["grid"] = _grid_figure(data, ranking, top)
         paths["grid"] = out / f"influence_{tag}.png"
+    if data.train_text is not None:  # text: tables of sentences instead of an image grid
+        from ssl_kd.text.explain import write_sentence_report
+
+        paths.update(write_sentence_report(data, ranking, out, tag, top))
     for kind, fig in figures.items():
         fig.savefig(paths[kind], dpi=110)
         if writer is not None:

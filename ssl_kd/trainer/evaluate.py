@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.augment.views import make_view
-from ssl_kd.data.types import AugPolicy
+from ssl_kd.data.types import AugPolicy, TextPolicy
+from ssl_kd.text.metrics import official_metrics
 
 
 @torch.no_grad()
@@ -62,7 +63,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPoli
              batch_size: int = 1024, autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
     """Metrics of `model` on (x, y) under inference_mode (no autograd bookkeeping at all, unlike
     no_grad); the tensors it makes never leave this function, as inference tensors cannot be
-    used in autograd later."""
+    used in autograd later. GLUE tasks add their official metric by name beside the usual keys."""
     with torch.inference_mode():
         logits, _ = predict(model, x, policy, batch_size, autocast)
-        return classification_metrics(logits, y, num_classes)
+        metrics = classification_metrics(logits, y, num_classes)
+        if isinstance(policy, TextPolicy):
+            metrics.update(official_metrics(policy.metric, logits, y))
+        return metrics

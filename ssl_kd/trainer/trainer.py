@@ -33,7 +33,7 @@ from ssl_kd.trainer.evaluate import classification_metrics, evaluate, predict
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger
 from ssl_kd.trainer.monitor import ood_logs
-from ssl_kd.trainer.schedule import make_optimizer, make_schedule
+from ssl_kd.trainer.optim import build_optimizer
 from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
 
 
@@ -75,8 +75,7 @@ class Trainer:
         self.forward_model = distributed.wrap(self.model, self.dist, device)
         if t.compile:
             self.forward_model = CompiledWithFallback(self.forward_model)
-        self.optimizer = make_optimizer(self.model, t.lr, t.momentum, t.nesterov, t.weight_decay)
-        self.scheduler = make_schedule(self.optimizer, t)
+        self.optimizer, self.scheduler = build_optimizer(self.model, t)
         algo_cls = algorithm_class(t.algo)
         ctx = Context(
             num_classes=data.num_classes, total_steps=t.steps, device=device, data=self.data, train_cfg=t,

@@ -1,0 +1,143 @@
+"""The GLUE tasks from the standard TSV release: `<data-dir>/glue/<TASK>/{train,dev}.tsv`.
+
+Dataset names follow the images' grammar: `sst2` (all labels: supervised and KD mode), `sst2_1k`
+(1,000 class-balanced labels, the rest unlabelled: SSL mode), and so on for cola, mrpc, qqp, stsb,
+mnli (dev_matched), mnli-mm (dev_mismatched), qnli, rte and wnli. Dev is the evaluation split (the
+test labels are hidden). Files are read as the release is written: tab-separated, no quoting
+(quotes are part of the text), a header line except for CoLA.
+
+STS-B is a regression task; here it is six classes, the similarity score rounded to 0..5, and its
+Pearson/Spearman correlations compare the expected class value with the rounded dev score.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ssl_kd.data.family import DatasetFamily, RawData, register_dataset
+from ssl_kd.data.paths import LOCAL_FIXES
+from ssl_kd.data.types import TextPolicy
+from ssl_kd.errors import DataError
+
+GLUE_PROTOCOL = {
+    "net": "hf:minilm-l6",
+    "steps": 2000,
+    "batch_size": 32,
+    "uratio": 3,
+    "lr": 5e-5,
+    "weight_decay": 0.01,
+    "eval_every": 500,
+    "eval_batch_size": 256,
+    "ema": 0.0,  # Hugging Face fine-tuning keeps no weight average
+    "channels_last": False,
+}
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """Where a task's columns are: by header name, or by position for header-less files (CoLA)."""
+
+    folder: str  # sub-folder of <data-dir>/glue
+    text_columns: tuple[str | int, ...]  # one (single sentence) or two (pair) columns
+    label_column: str | int
+    labels: tuple[str, ...]  # label strings in class order
+    metric: str  # official metric (ssl_kd.text.metrics)
+    dev: str = "dev.tsv"
+    header: bool = True
+    class_names: tuple[str, ...] = ()
+
+    def layout(self) -> str:
+        columns = ", ".join(str(c) for c in (*self.text_columns, self.label_column))
+        head = "a header line naming the columns" if self.header else "no header line"
+        return f"tab-separated, {head}; columns used: {columns}; labels: {', '.join(self.labels)}"
+
+
+NLI = ("entailment", "not_entailment")
+TASKS: dict[str, GlueTask] = {
+    "cola": GlueTask("CoLA", (3,), 1, ("0", "1"), "matthews", header=False, class_names=("unacceptable", "acceptable")),
+    "sst2": GlueTask("SST-2", ("sentence",), "label", ("0", "1"), "accuracy", class_names=("negative", "positive")),
+    "mrpc": GlueTask("MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1", class_names=("not_equivalent", "equivalent")),
+    "qqp": GlueTask("QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), "f1", class_names=("not_duplicate", "duplicate")),
+    "stsb": GlueTask("STS-B", ("sentence1", "sentence2"), "score", tuple(str(i) for i in range(6)), "pearson_spearman"),
+    "mnli": GlueTask("MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
+                     "accuracy", dev="dev_matched.tsv"),
+    "mnli-mm": GlueTask("MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
+                        "accuracy", dev="dev_mismatched.tsv"),
+    "qnli": GlueTask("QNLI", ("question", "sentence"), "label", NLI, "accuracy"),
+    "rte": GlueTask("RTE", ("sentence1", "sentence2"), "label", NLI, "accuracy"),
+    "wnli": GlueTask("WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), "accuracy",
+                     class_names=("not_entailment", "entailment")),
+}
+
+
+def label_index(task: GlueTask, value: str) -> int:
+    """The class of a label string; STS-B scores (0.0..5.0) round to the nearest integer."""
+    if task.metric == "pearson_spearman":
+        return min(5, max(0, round(float(value))))
+    return task.labels.index(value)
+
+
+def read_tsv(path: Path, task: GlueTask) -> tuple[list[tuple[str, ...]], list[int]]:
+    """(texts, labels) of one release file; a malformed file raises DataError naming it and the layout."""
+    if not path.is_file():
+        raise DataError(f"GLUE file {path} is missing; expected the release layout <data-dir>/glue/{task.folder}/"
+                        f"{{train.tsv,{task.dev}}} ({task.layout()}); {LOCAL_FIXES}")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    columns: list[int] = []
+    if task.header:
+        header, rows = (rows[0] if rows else []), rows[1:]
+        missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
+        if missing:
+            raise DataError(f"GLUE file {path}: header {header[:12]} lacks column(s) {missing}; expected {task.layout()}")
+        columns = [header.index(c) for c in (*task.text_columns, task.label_column)]  # type: ignore[arg-type]
+        width = len(header)
+    else:
+        columns = [int(c) for c in (*task.text_columns, task.label_column)]
+        width = max(columns) + 1
+    texts, labels = [], []
+    for line, row in enumerate(rows, start=2 if task.header else 1):
+        if len(row) < width:
+            raise DataError(f"GLUE file {path}, line {line}: {len(row)} tab-separated fields, expected {width} "
+                            f"({task.layout()}); the file is truncated or not in the release format")
+        *text, label = (row[c] for c in columns)
+        try:
+            labels.append(label_index(task, label))
+        except ValueError:
+            raise DataError(f"GLUE file {path}, line {line}: label {label!r} is not one of {', '.join(task.labels)} "
+                            f"({task.layout()})") from None
+        texts.append(tuple(text))
+    if not texts:
+        raise DataError(f"GLUE file {path} holds no examples; expected {task.layout()}")
+    return texts, labels
+
+
+def glue_loader(task: GlueTask):
+    def load(root: Path, download: bool) -> RawData:
+        """`root` is <data-dir>/<family>; GLUE lives in <data-dir>/glue/<TASK>/ (no download: see README)."""
+        folder = root.parent / "glue" / task.folder
+        train_text, train_y = read_tsv(folder / "train.tsv", task)
+        test_text, test_y = read_tsv(folder / task.dev, task)
+        empty = torch.empty(0, 1, dtype=torch.long)
+        names = list(task.class_names or task.labels)
+        return RawData(empty, torch.tensor(train_y), empty, torch.tensor(test_y), names, train_text, test_text)
+
+    return load
+
+
+for _name, _task in TASKS.items():
+    register_dataset(
+        DatasetFamily(
+            name=_name,
+            num_classes=len(_task.labels),
+            policy=TextPolicy(metric=_task.metric),
+            load=glue_loader(_task),
+            protocol=GLUE_PROTOCOL,
+            presets=(1000,) if _name == "sst2" else (),
+            description=f"GLUE {_task.folder} ({'pair' if len(_task.text_columns) > 1 else 'single sentence'}, "
+                        f"{_task.metric}; evaluated on {_task.dev}), from <data-dir>/glue/{_task.folder}/",
+        )
+    )

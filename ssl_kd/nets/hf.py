@@ -1,0 +1,110 @@
+"""Hugging Face sequence classifiers behind the project's network contract.
+
+`hf:<name-or-path>[:layers=N]` loads `AutoModelForSequenceClassification` (a hub name or a local
+folder; `hf:minilm-l6` is the offline MiniLM package) with `num_labels` = the dataset's classes.
+`forward(ids)` takes right-padded token ids (N,L), derives the attention mask (ids != pad) and,
+for BERT-style models, the segment ids (after the first [SEP]), trims the batch to its longest
+sequence, and returns `(logits, features)`: features are the input of the final classification
+Linear (`self.head`, e.g. BERT's dropout(pooler output)), read by a forward pre-hook, so
+logits == head(features) exactly as the influence module assumes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_kd.errors import ConfigError
+from ssl_kd.nets.base import Classifier
+from ssl_kd.text.hub import HFSpec, parse_hf_name, require_transformers
+
+
+def final_linear(model: nn.Module, num_classes: int) -> str:
+    """The name of the last nn.Linear with `num_classes` outputs: the classification head."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no Linear with {num_classes} outputs to serve as the head; "
+                          "use an AutoModelForSequenceClassification architecture")
+    return names[-1]
+
+
+def layer_list(model: nn.Module, depth: int) -> tuple[nn.Module, str]:
+    """(parent, attribute) of the ModuleList holding the `depth` transformer layers."""
+    for module in model.modules():
+        for attr, child in module.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) == depth:
+                return module, attr
+    raise ConfigError(f"cannot find the {depth} transformer layers of {type(model).__name__}; drop the :layers= option")
+
+
+def keep_first_layers(model: nn.Module, layers: int) -> None:
+    """Keep the first `layers` transformer layers (the rest are dropped, as PKD/DistilBERT students do)."""
+    depth = int(model.config.num_hidden_layers)
+    if layers > depth:
+        raise ConfigError(f":layers={layers} asks for more layers than the model's {depth}; give at most {depth}")
+    parent, attr = layer_list(model, depth)
+    setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:layers]))
+    model.config.num_hidden_layers = layers
+
+
+class HFClassifier(Classifier):
+    """A transformers sequence classifier with the (logits, features) contract."""
+
+    optimizer_kind = "adamw"  # the Hugging Face convention (ssl_kd.trainer.optim)
+
+    def __init__(self, spec: HFSpec, num_classes: int) -> None:
+        super().__init__()
+        require_transformers()
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        config = AutoConfig.from_pretrained(spec.source, num_labels=num_classes, local_files_only=spec.is_local)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "newly initialised head" warnings: expected when fine-tuning
+        hf_logging.disable_progress_bar()
+        try:
+            self.hf = AutoModelForSequenceClassification.from_pretrained(
+                spec.source, config=config, local_files_only=spec.is_local)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        if spec.layers:
+            keep_first_layers(self.hf, spec.layers)
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, local_files_only=spec.is_local)
+        self.pad_id = int(tokenizer.pad_token_id)  # the ids the data were tokenised with (ssl_kd.text.tokenise)
+        self.sep_id = tokenizer.sep_token_id
+        self.segments = int(getattr(config, "type_vocab_size", 1) or 1) > 1
+        self.head_name = final_linear(self.hf, num_classes)
+        self.num_features = self.head.in_features
+        self._features: torch.Tensor | None = None
+        self.head.register_forward_pre_hook(self._keep_features)
+
+    @property
+    def head(self) -> nn.Linear:  # type: ignore[override]
+        return self.hf.get_submodule(self.head_name)
+
+    def _keep_features(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._features = args[0]
+
+    def segment_ids(self, ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+        """0 up to and including the first [SEP], 1 after it (BERT's sentence-pair segments)."""
+        sep = (ids == sep_id).long()
+        return ((sep.cumsum(1) - sep) > 0).long()
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = ids != self.pad_id
+        longest = int(mask.sum(1).max()) if ids.numel() else 0
+        ids, mask = ids[:, :max(1, longest)].long(), mask[:, :max(1, longest)].long()
+        extra = {}
+        if self.segments and self.sep_id is not None:
+            extra["token_type_ids"] = self.segment_ids(ids, self.sep_id)
+        logits = self.hf(input_ids=ids, attention_mask=mask, **extra).logits
+        features, self._features = self._features, None
+        assert features is not None, "the classification head did not run"
+        return logits, features
+
+
+def hf_network(name: str, num_classes: int) -> HFClassifier:
+    """Build `hf:<name-or-path>[:layers=N]` for `num_classes` classes."""
+    return HFClassifier(parse_hf_name(name), num_classes)

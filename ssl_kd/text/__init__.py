@@ -1,0 +1,1 @@
+"""Text support: GLUE tokenisation and caching, text views, official metrics, sentence reports."""

@@ -1,0 +1,46 @@
+"""Explanations of a text run: the most helpful and most harmful training sentences, as a CSV of
+every ranked sentence and a Markdown table of the top ones (what an image grid is for images)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from ssl_kd.data.types import SSLData
+
+COLUMNS = ["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "score", "weight", "sentence"]
+
+
+def _rows(data: SSLData, ranking: Any) -> list[list[str]]:
+    """One row per ranked example, most helpful (most negative influence) first."""
+    assert data.train_text is not None
+    name = lambda label: data.class_names[label] if label < len(data.class_names) else str(label)  # noqa: E731
+    rows = []
+    for rank, r in enumerate(ranking.order().tolist()):
+        index = int(ranking.indices[r])
+        rows.append([
+            str(rank), str(index), "labelled" if ranking.labelled[r] else "unlabelled", name(int(ranking.labels[r])),
+            name(int(ranking.targets[r])), name(int(ranking.pseudo_labels[r])), str(int(ranking.flipped[r])),
+            f"{float(ranking.scores[r]):.6e}", f"{float(ranking.weights[r]):.6f}", data.train_text[index].strip(),
+        ])
+    return rows
+
+
+def _markdown(rows: list[list[str]], title: str) -> str:
+    cells = lambda row: "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"  # noqa: E731
+    return "\n".join([f"### {title}", "", cells(COLUMNS), cells(["---"] * len(COLUMNS)), *map(cells, rows), ""])
+
+
+def write_sentence_report(data: SSLData, ranking: Any, out: Path, tag: str, top: int) -> dict[str, Path]:
+    """`influence_<tag>_sentences.csv` (every ranked sentence) and `influence_<tag>.md` (top per side)."""
+    rows = _rows(data, ranking)
+    paths = {"sentences": out / f"influence_{tag}_sentences.csv", "table": out / f"influence_{tag}.md"}
+    with open(paths["sentences"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    k = min(top, len(rows))
+    header = f"# Influence on {ranking.reference} ({data.name}; I < 0 helps)\n\n"
+    paths["table"].write_text(header + _markdown(rows[:k], f"{k} most helpful training sentences") + "\n"
+                              + _markdown(rows[::-1][:k], f"{k} most harmful training sentences"))
+    return paths

@@ -1,0 +1,50 @@
+"""The optimiser and schedule of a run: SGD + `train.lr_schedule` (FixMatch's cosine, or multistep) for the image nets, AdamW with
+linear warm-up and decay for Hugging Face transformers (their convention; see run_glue.py).
+
+`train.optimizer=auto` takes the network's `optimizer_kind` (ssl_kd.nets.hf sets "adamw");
+`sgd`/`adamw` force one. For AdamW, `train.warmup_steps=0` means 10% of `train.steps` (BERT's
+warm-up), and biases and LayerNorm weights get no weight decay.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ssl_kd.errors import ConfigError
+from ssl_kd.trainer.schedule import make_optimizer, make_schedule
+
+OPTIMIZERS = ("auto", "sgd", "adamw")
+ADAMW_WARMUP_FRACTION = 0.1
+
+
+def linear_factor(step: int, total_steps: int, warmup: int) -> float:
+    """Linear warm-up from 1/warmup to 1 over `warmup` steps, then linear decay to 0 at `total_steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def make_adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+
+
+def optimizer_kind(model: torch.nn.Module, choice: str) -> str:
+    if choice not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={choice!r} is not valid; use one of: {', '.join(OPTIMIZERS)}")
+    return getattr(model, "optimizer_kind", "sgd") if choice == "auto" else choice
+
+
+def build_optimizer(model: torch.nn.Module, t: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """(optimizer, per-step scheduler) for `model` under TrainConfig `t`."""
+    if optimizer_kind(model, getattr(t, "optimizer", "auto")) == "adamw":
+        optimizer = make_adamw(model, t.lr, t.weight_decay)
+        warmup = t.warmup_steps or max(1, round(ADAMW_WARMUP_FRACTION * t.steps))
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_factor(step, t.steps, warmup))
+    optimizer = make_optimizer(model, t.lr, t.momentum, t.nesterov, t.weight_decay)
+    return optimizer, make_schedule(optimizer, t)

