@@ -85,7 +85,7 @@ def list_registered() -> str:
     lines.append("networks (parameters with a 100-class head):")
     for name in NETWORKS.names():
         count = parameter_count(NETWORKS.get(name))
-        lines.append(f"  {name:<18} {'?' if count is None else f'{count / 1e6:.2f}M':>7}  {doc_line(NETWORKS.get(name))}")
+        lines.append(f"  {name:<18} {doc_line(NETWORKS.get(name), 90)} [{'?' if count is None else f'{count / 1e6:.2f}M'}]")
     return "\n".join(lines)
 
 

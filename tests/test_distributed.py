@@ -43,7 +43,7 @@ def _train(tmp_path: Path, name: str, processes: int, algo: str, steps: int, res
     plugin.write_text(PLUGIN)
     out = tmp_path / name
     # a constant learning rate (cosine_cycles 0), so a 2-step run resumed to 3 steps has a 3-step run's schedule
-    args = (["--resume", str(out), "--steps", str(steps), "--no-progress"] if resume else
+    args = (["--resume", str(out), "--steps", str(steps), "--extend", "--no-progress"] if resume else
             [*quick_args(out, algo, steps), "--net", "nobn_net", "--set", "train.lr=0.1", "--set", "train.cosine_cycles=0",
              "--set", "algo.threshold=0"])
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]

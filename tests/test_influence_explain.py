@@ -90,3 +90,12 @@ def test_explain_tool_on_a_real_run(tmp_path, run_cli, capsys):
     assert str(run_dir / "explain" / "influence_val.csv") in out
     assert (run_dir / "explain" / "influence_val.png").exists()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_an_unseen_class_image_is_named_unseen_not_the_last_class():
+    from types import SimpleNamespace
+
+    from ssl_kd.influence.explain import _name
+
+    data = SimpleNamespace(class_names=["zero", "one"])
+    assert [_name(data, 1), _name(data, -1), _name(data, 7)] == ["one", "unseen", "7"]

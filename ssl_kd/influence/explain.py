@@ -103,6 +103,9 @@ def rank_training_examples(
 
 
 def _name(data: SSLData, label: int) -> str:
+    """Class name of `label`; "unseen" for -1, the label of an unseen class's image under data.unlabelled_mismatch."""
+    if label < 0:
+        return "unseen"
     return data.class_names[label] if label < len(data.class_names) else str(label)
 
 

@@ -63,10 +63,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPoli
              batch_size: int = 1024, autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
     """Metrics of `model` on (x, y) under inference_mode (no autograd bookkeeping at all, unlike
     no_grad); the tensors it makes never leave this function, as inference tensors cannot be
-    used in autograd later. GLUE tasks add their official metric by name beside the usual keys."""
+    used in autograd later."""
     with torch.inference_mode():
         logits, _ = predict(model, x, policy, batch_size, autocast)
-        metrics = classification_metrics(logits, y, num_classes)
-        if isinstance(policy, TextPolicy):
-            metrics.update(official_metrics(policy.metric, logits, y))
-        return metrics
+        return task_metrics(logits, y, num_classes, policy)
+
+
+def task_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, policy: AugPolicy | TextPolicy | None) -> dict[str, Any]:
+    """classification_metrics, and for GLUE tasks their official metric by name beside them."""
+    metrics = classification_metrics(logits, y, num_classes)
+    if isinstance(policy, TextPolicy):
+        metrics.update(official_metrics(policy.metric, logits, y))
+    return metrics

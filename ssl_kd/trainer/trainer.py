@@ -29,7 +29,7 @@ from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.ema import make_ema, update_ema
-from ssl_kd.trainer.evaluate import classification_metrics, evaluate, predict
+from ssl_kd.trainer.evaluate import evaluate, predict, task_metrics
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger
 from ssl_kd.trainer.monitor import ood_logs
@@ -168,7 +168,7 @@ class Trainer:
                 continue
             logits, _ = predict(model, d.test_x, d.policy, t.eval_batch_size, self.autocast)
             self.test_logits[prefix] = logits  # for the confusion matrix
-            metrics = classification_metrics(logits, d.test_y, d.num_classes)
+            metrics = task_metrics(logits, d.test_y, d.num_classes, d.policy)
             row.update({f"{prefix}{k}": v for k, v in metrics.items()})
             if d.val_idx.numel() > 0:
                 val = evaluate(model, d.train_x[d.val_idx], d.train_y[d.val_idx], d.policy, d.num_classes, t.eval_batch_size, self.autocast)
