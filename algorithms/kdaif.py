@@ -237,7 +237,7 @@ class KDAIF(KD):
         w = self.weighter
         if w.in_warmup(self.step):
             return torch.ones(idx.numel(), device=idx.device)
-        if self.cfg.score_view == "clean":
+        if self.cfg.score_view == "clean" and self.cfg.schedule != "static":  # the static table needs no features
             logits, feats = self.features(self.student, idx)
         if self.cfg.schedule == "static" and w.table is None:
             self.fit_static()
@@ -291,7 +291,7 @@ class KDAIF(KD):
         confidence, pseudo = probs.max(-1)
         targets = self.pool_targets(t_logits, idx)
         logits, feats = self.features(self.student, idx)
-        scores = w.static_scores(idx, targets) if self.cfg.schedule == "static" else w.scores(feats, logits, targets)
+        scores = w.batch_scores(feats, logits, targets, idx)
         weights = self.gated(w.preview(scores, targets, idx), confidence)
         ood_idx = getattr(d, "ood_idx", None)
         ood = torch.isin(idx, ood_idx) if ood_idx is not None and ood_idx.numel() > 0 else None
@@ -331,7 +331,7 @@ class KDAIF(KD):
         logits, feats = self.features(self.student, idx)
         t_logits, _ = self.features(self.teacher, idx)
         targets = self.pool_targets(t_logits, idx)
-        scores = w.static_scores(idx, targets) if self.cfg.schedule == "static" else w.scores(feats, logits, targets)
+        scores = w.batch_scores(feats, logits, targets, idx)
         return {"noise_auc": flip_detection_auc(-scores, torch.isin(idx, data.noisy_idx))}  # the weight falls with the score
 
     def state_dict(self) -> dict[str, Any]:

@@ -212,7 +212,7 @@ class InfluenceWeighter:
         if self.in_warmup(step):
             return torch.ones(n, device=features.device)
         self._follow(features.device)
-        s = self.static_scores(idx, targets) if self.cfg.schedule == "static" else self.scores(features, logits, targets)
+        s = self.batch_scores(features, logits, targets, idx)
         if self.reference is None:
             self.reference = s.detach().clone()
         spread = robust_spread(self.reference)
@@ -266,6 +266,10 @@ class InfluenceWeighter:
         scores = self.static_scores(train_idx, train_targets)
         self.reference = scores.clone()
         return scores
+
+    def batch_scores(self, features: Tensor, logits: Tensor, targets: Tensor, idx: Tensor | None) -> Tensor:
+        """Scores of a batch under the schedule: the static table's by index, else from `features`."""
+        return self.static_scores(idx, targets) if self.cfg.schedule == "static" else self.scores(features, logits, targets)
 
     def static_scores(self, idx: Tensor | None, targets: Tensor) -> Tensor:
         table = self.table
