@@ -40,6 +40,7 @@ from ssl_kd.distill import kd_losses, tempered_kl
 from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import linear_rampup
 from ssl_kd.registry import register_algorithm
+from ssl_kd.text.tokenise import check_same_tokenizer
 from ssl_kd.teacher import (TEACHER_UPDATES, TeacherOptimiser, load_teacher, mpl_teacher_update, plain_module,
                             pseudo_label_grads, set_trainable, student_lr)
 from ssl_kd.trainer.ema import update_ema
@@ -137,6 +138,7 @@ class KD(Algorithm):
             name = cfg.teacher_net or train_net
             teacher = copy.deepcopy(self.student) if self.update == "ema" else self.ctx.make_net(name)
             source = f"{name}, trained with the student"
+        check_same_tokenizer(name, train_net)
         if self.update == "ema" and name != train_net:
             raise ConfigError(f"teacher_update=ema averages the student's weights, so the teacher must be a {train_net!r} "
                               f"like the student, not {name!r}; drop --teacher-net or choose another teacher_update")
@@ -247,7 +249,7 @@ class KD(Algorithm):
         elif self.update == "mpl":
             t_loss = self.teacher_uda_loss(t_l, t_uw, t_us, y_l, logs)
             grads_u = pseudo_label_grads(cfg.lambda_u * unsup, self.student)
-            lr = student_lr(self.ctx.train_cfg, self.step)
+            lr = student_lr(self.student, self.ctx.train_cfg, self.step)
             self._teacher_step = lambda: logs.update(mpl_teacher_update(  # rewards the weak-view prediction that made the labels
                 self.teacher_opt, t_loss, t_uw, pseudo, self.student, x_l, y_l, grads_u, lr, self.ctx.autocast))
         out = StepOutput(loss=loss, logs=logs, pseudo_labels=pseudo, mask=mask if cfg.threshold > 0 else None)

@@ -88,7 +88,7 @@ class MPL(Algorithm):
         logs: dict[str, Any] = {"loss/student": s_loss.detach(), "loss/teacher_sup": t_sup.detach(),
                                 "loss/teacher_uda": consistency.detach(), "train/uda_mask_ratio": mask.mean()}
         if student_learns:
-            grads_u, lr = pseudo_label_grads(s_loss, self.student), student_lr(self.ctx.train_cfg, self.step)
+            grads_u, lr = pseudo_label_grads(s_loss, self.student), student_lr(self.student, self.ctx.train_cfg, self.step)
             self._teacher_step = lambda: logs.update(mpl_teacher_update(
                 self.teacher_opt, t_loss, t_us, pseudo, self.student, x_l, y_l, grads_u, lr, self.ctx.autocast))
         else:

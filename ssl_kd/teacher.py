@@ -28,8 +28,7 @@ from ssl_kd.data.build import parse_dataset_name
 from ssl_kd.errors import CheckpointError
 from ssl_kd.registry import DATASETS, discover_all
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
-from ssl_kd.trainer.optim import build_optimizer
-from ssl_kd.trainer.schedule import lr_factor
+from ssl_kd.trainer.optim import build_optimizer, schedule_factor
 
 TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl", "feedback")
 
@@ -107,9 +106,14 @@ class TeacherOptimiser:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def student_lr(train_cfg: Any, step: int) -> float:
-    """The learning rate the trainer's optimiser used for the student at `step`."""
-    return train_cfg.lr * lr_factor(step, train_cfg)
+def student_lr(student: nn.Module, train_cfg: Any, step: int) -> float:
+    """The learning rate the trainer's optimiser used for the student at `step`, under the student's
+    own schedule (SGD's cosine or multistep, AdamW's linear warm-up and decay for Hugging Face nets).
+
+    MPL's feedback is the first-order change of the labelled loss under an SGD step of this size;
+    under AdamW the real step is preconditioned per parameter, so there the feedback is the SGD
+    approximation at the same learning rate (its sign and ordering, not its exact scale)."""
+    return train_cfg.lr * schedule_factor(student, train_cfg)(step)
 
 
 @contextmanager

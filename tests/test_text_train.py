@@ -179,3 +179,42 @@ def test_tokenisation_is_cached_per_tokenizer_and_max_length(tmp_path, text_env,
     assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_x, again.test_x)
     with pytest.raises(AssertionError, match="tokenised again"):  # another max length is another cache entry
         build_dataset("sst2", DataConfig(max_length=8), Path(text_env["data"]), False, text_env["net"])
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, text_env):
+    from tests.text_fixtures import write_tiny_bert
+
+    other = write_tiny_bert(tmp_path / "other_bert", extra_words=("zebra",))
+    teacher = tmp_path / "teacher"
+    assert train_main([*text_args(text_env, teacher, "supervised", 1, "sst2")[:4], "--net", f"hf:{other}",
+                       *text_args(text_env, teacher, "supervised", 1, "sst2")[6:]]) == 0
+    with pytest.raises(ConfigError, match="do not share a tokenizer"):
+        make_text_trainer(text_env, tmp_path / "student", "kd", 2, "sst2", "--teacher-ckpt", str(teacher))
+
+
+def test_same_tokenizer_in_another_folder_or_a_layer_subset_is_accepted(tmp_path, text_env):
+    import shutil
+
+    from ssl_kd.text.tokenise import check_same_tokenizer
+
+    copy = shutil.copytree(text_env["net"][3:], tmp_path / "copy")
+    check_same_tokenizer(f"hf:{copy}", text_env["net"])
+    check_same_tokenizer(f"{text_env['net']}:layers=1", text_env["net"])
+    check_same_tokenizer("resnet20", "resnet8")  # image networks have no tokenizer
+    with pytest.raises(ConfigError, match="do not share a tokenizer"):
+        check_same_tokenizer(text_env["net"], "resnet8")
+
+
+def test_mpl_feedback_uses_the_students_own_schedule(tmp_path, text_env):
+    """MPL's feedback scales with the lr the student's optimiser used: AdamW's linear schedule
+    for Hugging Face nets (not the image nets' cosine), the run's schedule otherwise."""
+    from ssl_kd.teacher import student_lr
+    from tests.conftest import make_trainer
+
+    for trainer in (make_text_trainer(text_env, tmp_path / "text", "supervised", 10),
+                    make_trainer(tmp_path / "image", "supervised", 10)):
+        for step in range(10):
+            assert student_lr(trainer.model, trainer.cfg.train, step) == pytest.approx(
+                trainer.optimizer.param_groups[0]["lr"]), (trainer.cfg.train.net, step)
+            trainer.optimizer.step()
+            trainer.scheduler.step()

@@ -35,16 +35,18 @@ def write_sst2(root: Path, train: int = 64, dev: int = 16, seed: int = 0) -> Pat
     return root
 
 
-def write_tiny_bert(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT for sequence classification and its fast tokenizer, saved in HF format."""
+def write_tiny_bert(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
+    """A 2-layer, 32-wide BERT for sequence classification and its fast tokenizer, saved in HF format
+    (`extra_words` give another vocabulary, hence another tokenizer)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + sorted(set(POSITIVE + NEGATIVE + FILLER))) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    words = SPECIALS + sorted(set(POSITIVE + NEGATIVE + FILLER + list(extra_words)))
+    # transformers 5 takes the vocabulary as `vocab` (a `vocab_file` keyword is ignored: every word would be [UNK])
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids(POSITIVE[0]) == words.index(POSITIVE[0])
     tokenizer.save_pretrained(folder)
-    config = BertConfig(vocab_size=len(SPECIALS) + 22, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(folder)

@@ -42,6 +42,21 @@ def load_tokenizer(net: str) -> Any:
     return tokenizer
 
 
+def check_same_tokenizer(teacher_net: str, student_net: str) -> None:
+    """A text teacher reads the student's token ids, so both networks must share one tokenizer
+    (same vocabulary and special tokens); image networks have none and pass."""
+    from ssl_kd.text.hub import is_hf_name, tokenizer_source
+
+    hf = (is_hf_name(teacher_net), is_hf_name(student_net))
+    if not any(hf) or (all(hf) and tokenizer_source(teacher_net) == tokenizer_source(student_net)):
+        return
+    if not all(hf) or load_tokenizer(teacher_net).backend_tokenizer.to_str() != load_tokenizer(student_net).backend_tokenizer.to_str():
+        raise ConfigError(f"teacher {teacher_net!r} and student {student_net!r} do not share a tokenizer, so the teacher "
+                          "would read the student's token ids as other words; distil into a student made from the "
+                          f"teacher's checkpoint (e.g. {teacher_net.split(':layers=')[0]}:layers=2) or train a teacher "
+                          "with the student's tokenizer")
+
+
 def encode(tokenizer: Any, texts: list[tuple[str, ...]], max_length: int) -> torch.Tensor:
     """Token ids (N, longest) right-padded with the pad id; pairs are encoded as the model expects."""
     if not texts:

@@ -7,12 +7,12 @@ warm-up), and biases and LayerNorm weights get no weight decay.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ssl_kd.errors import ConfigError
-from ssl_kd.trainer.schedule import make_optimizer, make_schedule
+from ssl_kd.trainer.schedule import lr_factor, make_optimizer
 
 OPTIMIZERS = ("auto", "sgd", "adamw")
 ADAMW_WARMUP_FRACTION = 0.1
@@ -40,11 +40,19 @@ def optimizer_kind(model: torch.nn.Module, choice: str) -> str:
     return getattr(model, "optimizer_kind", "sgd") if choice == "auto" else choice
 
 
+def schedule_factor(model: torch.nn.Module, t: Any) -> Callable[[int], float]:
+    """The multiplier of train.lr at each step, as the run's scheduler applies it (one source for the
+    trainer's scheduler and for algorithms that need the student's lr, such as MPL's feedback)."""
+    if optimizer_kind(model, getattr(t, "optimizer", "auto")) == "adamw":
+        warmup = t.warmup_steps or max(1, round(ADAMW_WARMUP_FRACTION * t.steps))
+        return lambda step: linear_factor(step, t.steps, warmup)
+    return lambda step: lr_factor(step, t)
+
+
 def build_optimizer(model: torch.nn.Module, t: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """(optimizer, per-step scheduler) for `model` under TrainConfig `t`."""
     if optimizer_kind(model, getattr(t, "optimizer", "auto")) == "adamw":
-        optimizer = make_adamw(model, t.lr, t.weight_decay)
-        warmup = t.warmup_steps or max(1, round(ADAMW_WARMUP_FRACTION * t.steps))
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_factor(step, t.steps, warmup))
-    optimizer = make_optimizer(model, t.lr, t.momentum, t.nesterov, t.weight_decay)
-    return optimizer, make_schedule(optimizer, t)
+        optimizer: torch.optim.Optimizer = make_adamw(model, t.lr, t.weight_decay)
+    else:
+        optimizer = make_optimizer(model, t.lr, t.momentum, t.nesterov, t.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(model, t))
