@@ -226,7 +226,8 @@ def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | N
         print(f"resumed {run_dir} at step {trainer.step}", file=sys.stderr)
     if dist.is_main:
         print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
-              f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}", file=sys.stderr)
+              f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}\n"
+              f"{trainer.placement}", file=sys.stderr)
     if dist.enabled and dist.is_main:
         print(f"distributed: {dist.world_size} processes, global batch {cfg.train.batch_size} (+ {cfg.train.uratio} x that "
               f"unlabelled), {cfg.train.batch_size // dist.world_size} per process, lr {cfg.train.lr} (unscaled: the global "

@@ -68,6 +68,13 @@ class DataConfig:
     # unlabelled pool from the unseen ones (ssl_kd.data.mismatch)
     unlabelled_mismatch: float | None = None
     max_length: int = 128  # text: tokens per example, special tokens included (longer ones are truncated)
+    # where the training and test tensors live (ssl_kd.data.placement): auto = on the training device
+    # when they fit in `device_budget` of its free memory, else in host memory with per-step copies
+    placement: str = "auto"  # auto | device | host
+    device_budget: float = 0.5  # auto: the share of the free device memory the data may take
+    folder: str = ""  # the family's folder; empty: <data-dir>/<family>; relative paths are under the data dir
+    image_size: int = 64  # imagefolder: side of the stored square uint8 images (shorter side resized, centre crop)
+    decode_cache: bool = True  # imagefolder: keep the decoded tensors in $SSL_KD_CACHE/images for the next run
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from ssl_kd.config import DataConfig
 from ssl_kd.data.family import DatasetFamily, RawData
 from ssl_kd.data.mismatch import UNSEEN, SeenClasses, mismatched_pool, seen_classes
+from ssl_kd.data.placement import check_placement
 from ssl_kd.data.types import SSLData, TextPolicy
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.registry import DATASETS, discover, unknown_name_message
@@ -69,14 +70,16 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
     """
     check_data_config(data_cfg)
     family, labels = resolve_family(name)
-    per_class = labels_per_class(labels, family.num_classes, name) if labels is not None else None
-    raw = family.load(data_dir / family.name, download)
+    root = data_dir / Path(data_cfg.folder or family.name).expanduser()  # an absolute data.folder replaces data_dir
+    num_classes = family.num_classes or len(family.classes(root))
+    per_class = labels_per_class(labels, num_classes, name) if labels is not None else None
+    raw = family.load(root, download, **{key: getattr(data_cfg, key) for key in family.options})
     policy = family.policy
     if isinstance(policy, TextPolicy):
         from ssl_kd.text.tokenise import tokenise_raw
 
         raw, policy = tokenise_raw(raw, policy, net or family.protocol.get("net", ""), data_cfg.max_length)
-    check_labels(raw, family)
+    check_labels(raw, family.name, num_classes)
     mismatch = data_cfg.unlabelled_mismatch
     if mismatch is not None and per_class is None:
         raise ConfigError(f"data.unlabelled_mismatch applies to presets with unlabelled data, not {name!r}; "
@@ -116,6 +119,9 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
 
 
 def check_data_config(cfg: DataConfig) -> None:
+    check_placement(cfg)
+    if cfg.image_size < 1:
+        raise ConfigError(f"data.image_size={cfg.image_size} must be a positive side in pixels, e.g. 64.")
     if cfg.noise_mode not in NOISE_MODES:
         raise ConfigError(f"data.noise_mode={cfg.noise_mode!r} is not valid; use one of: {', '.join(NOISE_MODES)}.")
     if not 0.0 <= cfg.label_noise <= 1.0:
@@ -128,13 +134,13 @@ def check_data_config(cfg: DataConfig) -> None:
         raise ConfigError(f"data.val_per_class={cfg.val_per_class} is negative; give 0 (no validation split) or more.")
 
 
-def check_labels(raw: RawData, family: DatasetFamily) -> None:
+def check_labels(raw: RawData, family: str, num_classes: int) -> None:
     """Labels outside 0..C-1 mean the files do not belong to this family."""
     for split, labels in (("training", raw.train_y), ("test", raw.test_y)):
-        if labels.numel() and (labels.min() < 0 or labels.max() >= family.num_classes):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(
-                f"{family.name}: {split} labels range over {labels.min()}..{labels.max()}, expected "
-                f"0..{family.num_classes - 1}; the files under the {family.name} folder belong to another dataset."
+                f"{family}: {split} labels range over {labels.min()}..{labels.max()}, expected "
+                f"0..{num_classes - 1}; the files under the {family} folder belong to another dataset."
             )
 
 

@@ -53,6 +53,9 @@ class DatasetFamily:
     sub-folder of the data dir, e.g. `<data-dir>/cifar10`), downloading there first when
     `download` is true, and raises `DataError` naming the path and the fix when files are missing.
     `protocol` holds the preset's training defaults (TrainConfig field -> value).
+    A family whose classes are read from its files (an image folder) has `num_classes=0` and lists
+    them cheaply with `classes(root)` before loading; `options` names DataConfig fields passed to
+    `load` as keywords (the image folder's `image_size`).
     """
 
     name: str
@@ -63,6 +66,8 @@ class DatasetFamily:
     presets: tuple[int, ...] = ()  # label counts listed by `--list` (any count is accepted)
     seen_classes: tuple[int, ...] = ()  # labelled classes under data.unlabelled_mismatch (ssl_kd.data.mismatch)
     description: str = ""
+    classes: Callable[[Path], list[str]] | None = None  # with num_classes=0: the class names under `root`
+    options: tuple[str, ...] = ()  # DataConfig fields `load` takes as keyword arguments
 
 
 def register_dataset(family: DatasetFamily) -> DatasetFamily:

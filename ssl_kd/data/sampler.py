@@ -47,6 +47,14 @@ class InfiniteSampler(Iterator[torch.Tensor]):
             needed -= len(taken)
         return self.indices[parts[0] if len(parts) == 1 else torch.cat(parts)]
 
+    def peek(self) -> torch.Tensor:
+        """The batch the next `next()` will return, leaving the sampler's state as it was (prefetching)."""
+        saved = self.generator.get_state(), self.order, self.position
+        batch = next(self)
+        self.generator.set_state(saved[0])
+        self.order, self.position = saved[1], saved[2]
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "generator": self.generator.get_state(),

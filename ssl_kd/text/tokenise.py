@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 
+from ssl_kd.data.cache import CACHE_ENV, cache_root, load_or_make
 from ssl_kd.data.family import RawData
 from ssl_kd.data.types import TextPolicy
 from ssl_kd.errors import ConfigError
 from ssl_kd.text.hub import parse_hf_name, require_transformers
 
-CACHE_ENV = "SSL_KD_CACHE"
-
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, "") or Path.home() / ".cache" / "ssl_kd" / "tokens").expanduser()
+    """$SSL_KD_CACHE itself (older runs' caches stay valid), else ~/.cache/ssl_kd/tokens."""
+    return Path(os.environ.get(CACHE_ENV, "") or cache_root() / "tokens").expanduser()
 
 
 def load_tokenizer(net: str) -> Any:
@@ -82,14 +82,8 @@ def tokenise_raw(raw: RawData, policy: TextPolicy, net: str, max_length: int) ->
     """`raw` with `train_x`/`test_x` filled by token ids, and `policy` with the tokenizer's ids."""
     tokenizer = load_tokenizer(net)
     path = cache_dir() / f"{_key(tokenizer, max_length, raw)}.pt"
-    if path.exists():
-        train_x, test_x = torch.load(path, weights_only=True)
-    else:
-        train_x, test_x = encode(tokenizer, raw.train_text or [], max_length), encode(tokenizer, raw.test_text or [], max_length)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save((train_x, test_x), tmp)
-        tmp.replace(path)  # atomic: parallel runs never read half a file
+    (train_x, test_x), _ = load_or_make(path, lambda: (encode(tokenizer, raw.train_text or [], max_length),
+                                                       encode(tokenizer, raw.test_text or [], max_length)))
     policy = dataclasses.replace(policy, pad_id=int(tokenizer.pad_token_id), mask_id=int(tokenizer.mask_token_id),
                                  special_ids=tuple(sorted(set(tokenizer.all_special_ids))))
     return dataclasses.replace(raw, train_x=train_x, test_x=test_x), policy

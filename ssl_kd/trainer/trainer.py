@@ -21,7 +21,8 @@ from tqdm import tqdm
 from ssl_kd.algorithm import Algorithm, Batch, Context
 from ssl_kd.augment.views import make_view
 from ssl_kd.config import Config
-from ssl_kd.data.sampler import InfiniteSampler
+from ssl_kd.data.feed import StepFeed
+from ssl_kd.data.placement import place_data
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
@@ -67,7 +68,7 @@ class Trainer:
         self.run_dir = run_dir
         t = cfg.train
         seed_everything(t.seed)
-        self.data = data.to(device)
+        self.data, self.placement = place_data(data, device, cfg.data)
         self.model = distributed.convert_batchnorm(build_network(t.net, self.data).to(device), self.dist, device, t.sync_bn)
         if device.type == "cuda" and t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -88,9 +89,9 @@ class Trainer:
                 f"algorithm {t.algo!r} needs unlabelled data but dataset {t.dataset!r} is fully labelled; "
                 f"use a preset with a label count such as {t.dataset.split('_')[0]}_<labels>, or a supervised/KD algorithm"
             )
-        self.labelled = InfiniteSampler(self.data.labelled_idx, t.batch_size, seed=t.seed)
+        self.labelled = StepFeed(self.data.labelled_idx, t.batch_size, t.seed, self.data.train_x)
         self.unlabelled = (
-            InfiniteSampler(self.data.unlabelled_idx, t.batch_size * t.uratio, seed=t.seed + 1)
+            StepFeed(self.data.unlabelled_idx, t.batch_size * t.uratio, t.seed + 1, self.data.train_x)
             if self.algorithm.needs_unlabelled else None
         )
         self.step = 0
@@ -112,19 +113,18 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def views(self, idx: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        x = self.data.train_x[idx]
+    def views(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         out = {name: make_view(name, x, self.data.policy) for name in names}
         if self.device.type == "cuda" and self.cfg.train.channels_last:
             out = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in out.items()}
         return out
 
     def next_batch(self) -> Batch:
-        idx_l = next(self.labelled)
-        batch = Batch(x_l=self.views(idx_l, self.algorithm.labelled_views), y_l=self.data.train_y[idx_l], idx_l=idx_l)
+        idx_l, x_l = next(self.labelled)
+        batch = Batch(x_l=self.views(x_l, self.algorithm.labelled_views), y_l=self.data.train_y[idx_l], idx_l=idx_l)
         if self.unlabelled is not None:
-            idx_u = next(self.unlabelled)
-            batch.x_u = self.views(idx_u, self.algorithm.unlabelled_views)
+            idx_u, x_u = next(self.unlabelled)
+            batch.x_u = self.views(x_u, self.algorithm.unlabelled_views)
             batch.idx_u = idx_u
         return self.dist.shard_batch(batch)
 
