@@ -11,7 +11,8 @@ from ssl_kd.config import DataConfig
 from ssl_kd.data.feed import StepFeed
 from ssl_kd.data.placement import HostTensor, choose_placement
 from ssl_kd.errors import ConfigError
-from tests.conftest import make_trainer, quick_args, step_losses
+from tests.conftest import make_trainer, quick_args, run_steps, step_losses
+from tests.sync_counter import count_syncs
 
 
 def recorded_run(out: Path, placement: str, steps: int = 4) -> tuple[object, list, list[float]]:
@@ -35,6 +36,15 @@ def test_host_placement_trains_bit_identically(tmp_path: Path) -> None:
             assert all(torch.equal(views_a[k], views_b[k]) for k in views_a)
     for p, q in zip(device.model.parameters(), host.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_host_placed_step_reads_nothing_back(tmp_path: Path) -> None:
+    """The step's indices are drawn on the host, so gathering them needs no device read-back."""
+    trainer = make_trainer(tmp_path, "fixmatch", 6, "--set", "data.placement=host")
+    run_steps(trainer, 2)
+    with count_syncs() as counts:
+        run_steps(trainer, 1)
+    assert not counts, dict(counts)
 
 
 def test_feed_resumes_exactly_and_drops_a_stale_prefetch() -> None:

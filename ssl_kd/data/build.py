@@ -20,7 +20,8 @@ from ssl_kd.registry import DATASETS, discover, unknown_name_message
 
 NOISE_MODES = ("symmetric", "pairwise")
 LABEL_SPEC = re.compile(r"(\d+)(k?)")
-NAME_EXAMPLES = "e.g. cifar10_40, cifar10_4k, cifar100_10k, svhn_1000, digits_30, sst2_1k, or cifar10 for all labels"
+NAME_EXAMPLES = ("e.g. cifar10_40, cifar10_4k, cifar100_10k, svhn_1000, digits_30, sst2_1k, or cifar10 for all labels; "
+                 "your own images in ImageFolder layout: imagefolder_<labels> with --set data.folder=PATH")
 
 
 def parse_dataset_name(name: str) -> tuple[str, int | None]:
