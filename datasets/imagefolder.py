@@ -8,7 +8,8 @@ relative to the data dir). Classes are the sorted training sub-folder names (the
 label); an evaluation class folder must be one of them. Images are decoded in batches
 (ssl_kd.data.decode) to `data.image_size` squares and, with `data.decode_cache` (default), kept in
 $SSL_KD_CACHE/images (else ~/.cache/ssl_kd/images) under a key of the file list, sizes, modification
-times and image size, so a second run starts at once and any change to the files decodes again.
+times and image size, so a second run starts at once and any change to the files decodes again;
+the cached tensors are memory-mapped (ssl_kd.data.cache).
 """
 from __future__ import annotations
 

@@ -77,6 +77,11 @@ class DataConfig:
     decode_cache: bool = True  # imagefolder: keep the decoded tensors in $SSL_KD_CACHE/images for the next run
 
 
+# data options that decide where the data lives or whether decoded images are cached, never a result
+# (runs differing only in them are comparable: ssl_kd.paired pairs them)
+LOCATION_ONLY = ("placement", "device_budget", "decode_cache")
+
+
 @dataclass
 class Config:
     train: TrainConfig = field(default_factory=TrainConfig)

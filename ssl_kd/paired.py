@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ssl_kd.config import DataConfig
+from ssl_kd.config import LOCATION_ONLY, DataConfig
 from ssl_kd.errors import ConfigError
 from ssl_kd.sweep import read_run
 
@@ -64,10 +64,11 @@ def run_folders(paths: list[Path]) -> list[Path]:
 
 def setting_of(config: dict[str, Any]) -> str:
     """What must match for two runs to be paired: dataset, steps and every data option (named
-    when it differs from its default, so configs written before an option existed still pair)."""
+    when it differs from its default, so configs written before an option existed still pair), except
+    the options that only say where the data lives."""
     train, defaults = config["train"], dataclasses.asdict(DataConfig())
     data = {**defaults, **config.get("data", {})}
-    options = [f"data.{k}={v}" for k, v in sorted(data.items()) if v != defaults.get(k)]
+    options = [f"data.{k}={v}" for k, v in sorted(data.items()) if v != defaults.get(k) and k not in LOCATION_ONLY]
     return ", ".join([train["dataset"], f"{train['steps']} steps", *options])
 
 

@@ -7,7 +7,10 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg, encode_png
 
+import torchvision.io
+
 from ssl_kd.config import DataConfig
+from ssl_kd.data import decode
 from ssl_kd.datasets import imagefolder
 from ssl_kd.data.build import build_dataset
 from ssl_kd.errors import DataError
@@ -85,6 +88,16 @@ def test_cache_is_reused_and_follows_the_files(tmp_path: Path, monkeypatch: pyte
     assert len(list((tmp_path / "cache" / "images").glob("*.pt"))) == 2
 
 
+def test_unreadable_cache_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_KD_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(folder=str(write_folder(tmp_path / "set", train=2, test=1)), image_size=16)
+    build_dataset("imagefolder", cfg, tmp_path, download=False)
+    (cached,) = (tmp_path / "cache" / "images").glob("*.pt")
+    cached.write_bytes(cached.read_bytes()[:100])
+    with pytest.raises(DataError, match=f"the cache file {cached} is unreadable .*delete it and rerun"):
+        build_dataset("imagefolder", cfg, tmp_path, download=False)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda root: (root / "train").rename(root / "training"), r"set/train is not a folder; an image folder is laid out as"),
     (lambda root: (root / "val").rename(root / "holdout"), r"set has neither test/ nor val/"),
@@ -113,3 +126,27 @@ def test_trains_from_a_folder_with_host_placement(tmp_path: Path, run_cli, monke
     code, summary = run_cli([*argv, "--set", f"data.folder={root}", "--set", "data.image_size=16",
                              "--set", "data.placement=host"])
     assert code == 0 and summary["steps"] == 3 and summary["evaluations"] == 1
+
+
+def cpu_decode_jpeg(data, mode, device):  # stands in for the CUDA decoder: same call, run on the CPU
+    return torchvision.io.decode_jpeg(data, mode=mode)
+
+
+def test_cuda_route_sends_jpegs_to_the_batched_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_folder(tmp_path / "set", train=2, test=1)
+    write_image(root / "train" / "ant" / "2.png", torch.full((3, 20, 20), 90, dtype=torch.uint8))
+    files = sorted((root / "train").rglob("*.*"))
+    batches: list[int] = []
+    monkeypatch.setattr(decode, "decode_jpeg", lambda data, mode, device: batches.append(len(data)) or cpu_decode_jpeg(data, mode, device))
+    on_cuda = decode.decode_files(files, 16, torch.device("cuda"), "test", batch_size=4)
+    assert batches == [3, 3]  # each chunk of 4 files sends its JPEGs; the PNG (first chunk) is decoded on the CPU
+    assert torch.equal(on_cuda, decode.decode_files(files, 16, torch.device("cpu"), "test"))
+
+
+def test_batched_decode_failure_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_folder(tmp_path / "set", train=3, test=1)
+    bad = root / "train" / "bee" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # a JPEG header, then nothing: fails inside the decoder
+    monkeypatch.setattr(decode, "decode_jpeg", cpu_decode_jpeg)
+    with pytest.raises(DataError, match="train/bee/1.jpg cannot be decoded"):
+        decode.decode_files(sorted((root / "train").rglob("*.jpg")), 16, torch.device("cuda"), "test")

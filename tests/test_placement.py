@@ -11,6 +11,7 @@ from ssl_kd.config import DataConfig
 from ssl_kd.data.feed import StepFeed
 from ssl_kd.data.placement import HostTensor, choose_placement
 from ssl_kd.errors import ConfigError
+from ssl_kd.paired import setting_of
 from tests.conftest import make_trainer, quick_args, run_steps, step_losses
 from tests.sync_counter import count_syncs
 
@@ -102,3 +103,10 @@ def test_auto_rule(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_settings_name_the_key(setting: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         choose_placement(DataConfig(**setting), 10, torch.device("cpu"))
+
+
+def test_placement_does_not_split_paired_settings() -> None:
+    config = {"train": {"dataset": "digits_30", "steps": 10}, "data": {}}
+    moved = {**config, "data": {"placement": "host", "device_budget": 0.2, "decode_cache": False}}
+    assert setting_of(moved) == setting_of(config) == "digits_30, 10 steps"
+    assert setting_of({**config, "data": {"image_size": 32}}) == "digits_30, 10 steps, data.image_size=32"

@@ -19,16 +19,22 @@ def cache_root() -> Path:
 
 
 def load_or_make(path: Path, make: Callable[[], Any]) -> tuple[Any, bool]:
-    """(the tensors stored at `path`, True) if it exists, else (make(), False) after saving them there."""
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True), True
-        except Exception as err:  # a truncated or foreign file fails in many ways
-            raise DataError(f"the cache file {path} is unreadable ({type(err).__name__}: {err}); delete it "
-                            f"and rerun to rebuild it.") from err
-    value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(value, tmp)
-    tmp.replace(path)
-    return value, False
+    """(the tensors stored at `path`, True) if it exists, else (make()'s, False) after saving them there.
+
+    The tensors come back memory-mapped from the file: the processes of a torchrun job on one node
+    share its pages through the page cache instead of holding a copy each, and a set larger than
+    the host's memory is paged in from disk.
+    """
+    hit = path.exists()
+    if not hit:
+        value = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(value, tmp)
+        tmp.replace(path)
+        del value  # the mapped copy replaces it
+    try:
+        return torch.load(path, weights_only=True, mmap=True), hit
+    except Exception as err:  # a truncated or foreign file fails in many ways
+        raise DataError(f"the cache file {path} is unreadable ({type(err).__name__}: {err}); delete it "
+                        f"and rerun to rebuild it.") from err

@@ -71,7 +71,7 @@ def decode_on_device(paths: list[Path], data: list[torch.Tensor], size: int, dev
                 raise undecodable(path, bad) from bad
         raise DataError(f"decoding {len(paths)} images from {paths[0].parent} failed as a batch ({err}) but "
                         f"each decodes alone; retry on the CPU with CUDA_VISIBLE_DEVICES=\"\".") from err
-    return [square(image, size).cpu() for image in images]
+    return list(torch.stack([square(image, size) for image in images]).cpu())  # one read-back per batch
 
 
 def decode_files(paths: list[Path], size: int, device: torch.device, desc: str, batch_size: int = 256) -> torch.Tensor:
