@@ -48,12 +48,12 @@ def test_host_placed_step_reads_nothing_back(tmp_path: Path) -> None:
     assert not counts, dict(counts)
 
 
-def test_feed_resumes_exactly_and_drops_a_stale_prefetch() -> None:
+def test_feed_resumes_exactly_across_placements_and_drops_a_stale_prefetch() -> None:
     rows = torch.arange(40, dtype=torch.uint8).view(20, 2)
     host = HostTensor(rows, torch.device("cpu"))
     whole = StepFeed(torch.arange(20), 6, 3, host)
     expected = [next(whole) for _ in range(6)]  # crosses epochs (20 indices, 6 per batch)
-    first = StepFeed(torch.arange(20), 6, 3, host)
+    first = StepFeed(torch.arange(20), 6, 3, rows)  # checkpointed under device placement, resumed under host
     for _ in range(2):
         next(first)
     resumed = StepFeed(torch.arange(20), 6, 99, host)  # the state, not the seed, decides
