@@ -43,6 +43,7 @@ from ssl_kd.registry import register_algorithm
 from ssl_kd.text.tokenise import check_same_tokenizer
 from ssl_kd.teacher import (TEACHER_UPDATES, TeacherOptimiser, load_teacher, mpl_teacher_update, plain_module,
                             pseudo_label_grads, set_trainable, student_lr)
+from ssl_kd.trainer.distributed import global_mean
 from ssl_kd.trainer.ema import update_ema
 
 MODES = ("auto", "ssl", "kd")
@@ -300,7 +301,8 @@ class KD(Algorithm):
         """Labelled CE + lambda_u mean_i (w_i - b) CE(teacher(weak_i), pseudo_i), b a running mean of w:
         REINFORCE with the weight as each pseudo-label's reward and b as the baseline."""
         reward = w.detach() - self.feedback_baseline
-        self.feedback_baseline = self.cfg.feedback_decay * self.feedback_baseline + (1 - self.cfg.feedback_decay) * w.detach().mean()
+        # the global batch's mean weight (torchrun), so the baseline stays the same on every rank
+        self.feedback_baseline = self.cfg.feedback_decay * self.feedback_baseline + (1 - self.cfg.feedback_decay) * global_mean(w.detach())
         t_pseudo = (reward * F.cross_entropy(t_uw.float(), pseudo, reduction="none")).mean()
         logs.update({"loss/teacher_feedback": t_pseudo.detach(), "train/feedback_baseline": self.feedback_baseline})
         return F.cross_entropy(t_l.float(), y_l) + self.cfg.lambda_u * t_pseudo

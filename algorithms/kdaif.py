@@ -65,6 +65,7 @@ from ssl_kd.errors import ConfigError
 from ssl_kd.influence import InfluenceConfig, InfluenceWeighter, flip_detection_auc
 from ssl_kd.influence.diagnostics import weight_diagnostics
 from ssl_kd.registry import register_algorithm
+from ssl_kd.trainer.distributed import gather_cat, local_part, sharded
 from ssl_kd.trainer.evaluate import predict
 
 REFERENCES = ("auto", "labelled", "val", "crossfit")
@@ -132,6 +133,7 @@ class KDAIF(KD):
             max_weight=cfg.max_weight, ema=cfg.weight_ema, reference_tau=cfg.reference_tau, relative=cfg.relative, accumulate=cfg.accumulate,
             accumulate_prior=cfg.accumulate_prior, damping_fraction=cfg.damping_fraction,
             weight_decay=self.ctx.train_cfg.weight_decay, tau=cfg.tau if tempered else 1.0, tau_squared=True,
+            index_size=self.ctx.data.train_y.numel(),
         )
 
     @property
@@ -184,9 +186,11 @@ class KDAIF(KD):
 
     # ----- influence ------------------------------------------------------------------------------
     def features(self, net: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, features) of `net` in eval mode on the clean images at `idx`."""
+        """(logits, features) of `net` in eval mode on the clean images at `idx` (torchrun: each
+        rank computes its part and every rank gets all, so ranks agree whatever their BatchNorm statistics)."""
         d = self.ctx.data
-        return predict(net, d.train_x[idx], d.policy, self.ctx.train_cfg.eval_batch_size, self.ctx.autocast)
+        return sharded(lambda part: predict(net, d.train_x[idx[part]], d.policy, self.ctx.train_cfg.eval_batch_size,
+                                            self.ctx.autocast), idx.numel())
 
     def reference_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Student features (eval mode) and labels of the reference set in `reference_view`, or of
@@ -207,7 +211,8 @@ class KDAIF(KD):
             x = make_view(self.cfg.reference_view, d.train_x[idx], d.policy)
         self.student.eval()
         with torch.no_grad(), self.ctx.autocast():
-            feats = torch.cat([self.student(chunk)[1].float() for chunk in x.split(self.ctx.train_cfg.eval_batch_size)])
+            feats = sharded(lambda part: torch.cat([self.student(chunk)[1].float()
+                                                    for chunk in x[part].split(self.ctx.train_cfg.eval_batch_size)]), x.shape[0])
         self.student.train()
         return feats, d.train_y[idx]
 
@@ -237,14 +242,20 @@ class KDAIF(KD):
         w = self.weighter
         if w.in_warmup(self.step):
             return torch.ones(idx.numel(), device=idx.device)
+        # torchrun: every rank scores the global batch (computing its own part of the clean features)
+        # and solves from it, so the solve, its scale and the per-example tables are the same on every
+        # rank and as in one process; each rank keeps its part of the weights
+        idx, targets = gather_cat(idx), gather_cat(targets)
         if self.cfg.score_view == "clean" and self.cfg.schedule != "static":  # the static table needs no features
             logits, feats = self.features(self.student, idx)
+        else:
+            logits, feats = gather_cat(logits.detach()), gather_cat(feats.detach())
         if self.cfg.schedule == "static" and w.table is None:
             self.fit_static()
         elif w.needs_refresh(self.step):
             ref_feats, ref_y = self.reference_batch()
             w.refresh(self.student.head, ref_feats, ref_y, feats.detach(), self.step)
-        return w.weights(feats, logits, targets, self.step, idx=idx)
+        return local_part(w.weights(feats, logits, targets, self.step, idx=idx))
 
     def gated(self, w: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         """Gate mode: confident pseudo-labels keep weight 1; influence admits the others (weight <= 1)."""

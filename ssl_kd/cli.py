@@ -193,7 +193,7 @@ def train(cfg: Config, run_dir: Path, ckpt: Path | None = None, plugins: list[di
           overwrite: bool = False) -> dict[str, Any]:
     """Train one run in `run_dir` (locked for the run's lifetime by rank 0, which alone writes it);
     a start that fails before the first step leaves no run folder behind."""
-    dist, device = distributed.init_from_env(pick_device(cfg.train.device))
+    dist, device = distributed.init_from_env(pick_device(cfg.train.device), cfg.train.dist_timeout_s)
     distributed.check_batch(dist, cfg.train.batch_size)
     data = build_data(cfg)
     validate_for_data(cfg, data)

@@ -45,6 +45,7 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the network
     sync_bn: bool = False  # torchrun: SyncBatchNorm across ranks (CUDA) instead of per-rank statistics
+    dist_timeout_s: float = 600.0  # torchrun: a collective waiting this long for another rank raises (no hang)
     optimizer: str = "auto"  # auto (the network's own: AdamW for hf: nets, else SGD) | sgd | adamw
     data_dir: str = ""  # empty: $SSL_KD_DATA, else ./data
     download: bool = False

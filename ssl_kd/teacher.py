@@ -27,14 +27,21 @@ from torch import nn
 from ssl_kd.data.build import parse_dataset_name
 from ssl_kd.errors import CheckpointError
 from ssl_kd.registry import DATASETS, discover_all
+from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
+from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.optim import build_optimizer, schedule_factor
 
 TEACHER_UPDATES = ("frozen", "ema", "weighted_ce", "mpl", "feedback")
 
 
 def plain_module(model: nn.Module) -> nn.Module:
-    """The module under torch.compile's wrapper (its parameters and modes are the same)."""
+    """The module under torch.compile's wrapper (its parameters and modes are the same), and the
+    network under DistributedDataParallel's (whose forward would run DDP's gradient hooks)."""
+    if isinstance(model, CompiledWithFallback) and isinstance(model.eager, nn.parallel.DistributedDataParallel):
+        return model.eager.module
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.module
     return getattr(model, "_orig_mod", model)
 
 
@@ -91,10 +98,13 @@ class TeacherOptimiser:
         self.optimizer, self.scheduler = build_optimizer(teacher, t)
 
     def step(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the teacher's loss became {loss.item()}; lower algo.teacher_lr or train.lr")
+        """One update; under torchrun from the gradient averaged across ranks, so the teacher stays
+        the same on every rank. A non-finite loss is caught by the trainer's divergence guard at
+        its next check (the teacher's weights are checked with the student's), not here: a check
+        per step would make the host wait for the device."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_grads_(p for group in self.optimizer.param_groups for p in group["params"])
         self.optimizer.step()
         self.scheduler.step()
 
@@ -158,7 +168,10 @@ def mpl_feedback(student: nn.Module, x_l: torch.Tensor, y_l: torch.Tensor, grads
             logits, _ = student(x_l)
         loss = F.cross_entropy(logits.float(), y_l)
         grads_l = torch.autograd.grad(loss, trainable_params(student), allow_unused=True)
-    dot = sum((gl * gu).sum() for gl, gu in zip(grads_l, grads_u) if gl is not None)
+    pairs = [(gl, gu) for gl, gu in zip(grads_l, grads_u) if gl is not None]
+    # torchrun: the dot product of the global batch's gradients, not the mean of each rank's own
+    distributed.all_reduce_mean_([t for pair in pairs for t in pair], distributed.world())
+    dot = sum((gl * gu).sum() for gl, gu in pairs)
     return lr * torch.as_tensor(dot).detach()
 
 

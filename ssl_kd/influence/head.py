@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_kd.errors import ConfigError
@@ -59,7 +58,9 @@ def with_bias(features: Tensor, bias: bool) -> Tensor:
 def target_distribution(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     """Hard labels (N,) as one-hot rows, soft targets (N, C) unchanged."""
     if targets.dim() == 1 and not targets.is_floating_point():
-        return F.one_hot(targets.long(), num_classes).to(dtype)
+        # scatter, not F.one_hot, which reads the largest label back to the host to check it
+        return torch.zeros(targets.shape[0], num_classes, dtype=dtype, device=targets.device).scatter_(
+            1, targets.long()[:, None], 1.0)
     if targets.dim() == 2 and targets.shape[1] == num_classes and targets.is_floating_point():
         return targets.to(dtype)
     raise InfluenceError(

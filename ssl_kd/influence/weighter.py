@@ -56,6 +56,7 @@ class InfluenceConfig:
     cg_max_iter: int = 500
     tau: float = 1.0  # temperature of the weighted training loss (1: plain cross-entropy)
     tau_squared: bool = True  # the weighted loss carries the tau^2 factor of distillation
+    index_size: int = 0  # size of the per-index tables (the dataset's); 0: grown to the largest index seen, read back per call
 
     def __post_init__(self) -> None:
         for key, value, choices in (
@@ -294,7 +295,7 @@ class InfluenceWeighter:
         """Running mean of each index's normalised scores for its current target, shrunk to 0 by the prior."""
         if idx is None:
             raise InfluenceError("accumulate keeps one running score per dataset index: pass idx to weights()")
-        size = int(idx.max()) + 1
+        size = self.cfg.index_size or int(idx.max()) + 1  # a known size needs no host readback
         self.acc_sum = _extended(self.acc_sum, size, 0.0, z.device)
         self.acc_count = _extended(self.acc_count, size, 0.0, z.device)
         self.acc_key = _extended(self.acc_key, size, -1.0, z.device)
@@ -307,7 +308,7 @@ class InfluenceWeighter:
     def _smooth(self, idx: Tensor | None, w: Tensor) -> Tensor:
         if idx is None:
             raise InfluenceError("ema smoothing keeps one weight per dataset index: pass idx to weights(), or set ema=0")
-        size = int(idx.max()) + 1
+        size = self.cfg.index_size or int(idx.max()) + 1  # a known size needs no host readback
         self.smoothed = _extended(self.smoothed, size, 0.0, w.device)
         self.seen = _extended(self.seen, size, False, w.device)
         seen = self.seen[idx]

@@ -17,15 +17,25 @@ The rule, chosen so that N processes train the same model as one process:
   when it writes best.pt).
 - Algorithm state that follows the examples of a batch is updated from the gathered global batch
   (`gather_cat`: FlexMatch's record of confident predictions), so it is the same on every rank.
-- Rank 0 alone writes logs, metrics and checkpoints; every rank evaluates (the same numbers).
-- A rank that fails exits non-zero with its message; torchrun then stops the other ranks.
+- Evaluation is sharded: each rank predicts its contiguous part of the test (and validation) set
+  and the logits are gathered (`sharded`), so every rank computes the one-process metrics from
+  the whole set. Influence (KD-AIF) scores the gathered global batch and solves on every rank from
+  the same data, so its statistics and weights are the same on every rank and as in one process;
+  a trainable teacher's gradients are averaged across ranks (`average_grads_`).
+- Rank 0 alone writes logs, metrics and checkpoints.
+- Failures: the divergence guard's decision is global (every rank stops at the same check step);
+  a rank that raises exits non-zero with its message and torchrun stops the others; a rank left
+  waiting in a collective gives up after `train.dist_timeout_s` instead of hanging.
 
 Multi-node: `torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT`.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,11 +76,21 @@ class DistInfo:
                      idx_u=None if batch.idx_u is None else self.shard(batch.idx_u))
 
 
-def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
+def world() -> DistInfo:
+    """This process's place from the process group (for code that is not handed a DistInfo)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_from_env(device: torch.device, timeout_s: float = 600.0) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes in the environment (none: one process).
 
-    NCCL on CUDA (each rank on GPU LOCAL_RANK), gloo on the CPU."""
+    NCCL on CUDA (each rank on GPU LOCAL_RANK), gloo on the CPU. A collective that waits longer
+    than `timeout_s` for another rank (one that died or went elsewhere) raises instead of hanging."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if not timeout_s > 0:
+        raise ConfigError(f"train.dist_timeout_s={timeout_s}: give the seconds a collective may wait for another process (> 0)")
     if world_size == 1:
         return DistInfo(), device
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
@@ -78,7 +98,7 @@ def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return info, device
 
 
@@ -103,6 +123,76 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     if not info.enabled:
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def part_sizes(n: int, world_size: int) -> list[int]:
+    """Sizes of the contiguous parts of n items over the ranks, in rank order (balanced: they differ
+    by at most one; a global batch that divides by N gives DistInfo.shard's parts)."""
+    return [n // world_size + (r < n % world_size) for r in range(world_size)]
+
+
+def gather_parts(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every rank's `x` (this rank's part, of sizes[rank] rows) concatenated in rank order: each is
+    padded to the largest part for all_gather, then trimmed."""
+    pad = max(sizes) - x.shape[0]
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def sharded(fn: Callable[[slice], Any], n: int) -> Any:
+    """`fn(slice(0, n))` computed in parts: each rank calls `fn` on its contiguous part of the n
+    items and the results (a tensor or a tuple of tensors, rows = items) are gathered, so every
+    rank gets the whole result for 1/N of the work. A collective: every rank must call it with
+    the same n. One process, or fewer items than ranks: `fn` on everything."""
+    info = world()
+    if not info.enabled or n < info.world_size:
+        return fn(slice(0, n))
+    sizes = part_sizes(n, info.world_size)
+    start = sum(sizes[: info.rank])
+    out = fn(slice(start, start + sizes[info.rank]))
+    if isinstance(out, torch.Tensor):
+        return gather_parts(out, sizes)
+    return tuple(gather_parts(t, sizes) for t in out)
+
+
+def local_part(x: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous part of a global batch (the inverse of gather_cat)."""
+    return world().shard(x)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of `x` over every rank's elements (equal-sized shards); one process: x.mean()."""
+    mean = x.float().mean()
+    info = world()
+    if info.enabled:
+        mean = mean.clone()
+        dist.all_reduce(mean)
+        mean /= info.world_size
+    return mean
+
+
+def average_grads_(params: Iterable[torch.Tensor]) -> None:
+    """Average the gradients of `params` across ranks in place (for a network trained outside
+    DistributedDataParallel, such as a teacher with its own optimiser). Which parameters have a
+    gradient is the same on every rank (the same code runs). One process: untouched."""
+    info = world()
+    if info.enabled:
+        all_reduce_mean_([p.grad for p in params if p.grad is not None], info)
+
+
+def all_true(flag: bool) -> bool:
+    """Whether `flag` holds on every rank (one host-side all-reduce; one process: `flag`)."""
+    info = world()
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def gather_cat(x: torch.Tensor) -> torch.Tensor:

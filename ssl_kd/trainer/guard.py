@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ssl_kd.errors import SSLKDError
+from ssl_kd.trainer import distributed
 
 
 class DivergenceError(SSLKDError):
@@ -72,9 +73,13 @@ class FiniteGuard:
         """Raise DivergenceError when a recorded loss or any tensor of `parts` is not finite."""
         losses = torch.stack(self.losses).float() if self.losses else torch.zeros(0)
         tensors = [losses, *(t for obj in parts.values() for t in floating_tensors(obj))]
-        if all_finite(tensors):
+        finite = all_finite(tensors)
+        if distributed.all_true(finite):  # torchrun: every rank stops at the same check step
             self.losses.clear()
             return
+        if finite:
+            raise DivergenceError(f"training diverged by step {step} in another process (its own error names the "
+                                  f"cause); this process's loss and weights are finite; lower train.lr (--lr) or check the data")
         bad = nonfinite_parts(parts)
         values = losses.tolist()
         first_bad = next((self.first_step + i for i, v in enumerate(values) if not torch.isfinite(torch.tensor(v))), None)

@@ -30,7 +30,7 @@ from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.ema import make_ema, update_ema
-from ssl_kd.trainer.evaluate import evaluate, predict, task_metrics
+from ssl_kd.trainer.evaluate import predict, task_metrics
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger
 from ssl_kd.trainer.monitor import ood_logs
@@ -159,26 +159,37 @@ class Trainer:
 
     # ----- evaluation and checkpoints ---------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
-        d, t = self.data, self.cfg.train
-        distributed.average_buffers_([self.model, self.ema_model], self.dist)
+        """Test (and validation) metrics of the model, its EMA and the algorithm's extra model; under
+        torchrun each rank predicts its part of each set and every rank gets the whole set's metrics."""
+        d = self.data
+        teacher = self.algorithm.eval_model()
+        distributed.average_buffers_([self.model, self.ema_model, teacher], self.dist)
         row: dict[str, Any] = {"step": self.step}
-        models = {"": self.model, "ema_": self.ema_model, "algo_": self.algorithm.eval_model()}
+        models = {"": self.model, "ema_": self.ema_model, "algo_": teacher}
         for prefix, model in models.items():
             if model is None:
                 continue
-            logits, _ = predict(model, d.test_x, d.policy, t.eval_batch_size, self.autocast)
+            logits = self.predict_all(model, d.test_x)
             self.test_logits[prefix] = logits  # for the confusion matrix
             metrics = task_metrics(logits, d.test_y, d.num_classes, d.policy)
             row.update({f"{prefix}{k}": v for k, v in metrics.items()})
             if d.val_idx.numel() > 0:
-                val = evaluate(model, d.train_x[d.val_idx], d.train_y[d.val_idx], d.policy, d.num_classes, t.eval_batch_size, self.autocast)
-                row[f"{prefix}val_top1"] = val["top1"]
+                with torch.inference_mode():  # nothing made here leaves the block (inference tensors)
+                    val_logits = self.predict_all(model, d.train_x[d.val_idx])
+                    row[f"{prefix}val_top1"] = task_metrics(val_logits, d.train_y[d.val_idx], d.num_classes, d.policy)["top1"]
         row.update(self.algorithm.eval_metrics())
         return row
+
+    def predict_all(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits of `model` on `x`; distributed, each rank predicts its contiguous part and the parts are gathered."""
+        return distributed.sharded(lambda part: predict(model, x[part], self.data.policy, self.cfg.train.eval_batch_size,
+                                                        self.autocast)[0], x.shape[0])
 
     def log_pictures(self, logger: RunLogger) -> None:
         """TensorBoard figures of an evaluation: the reported model's confusion matrix and the
         confidence of the teacher (the algorithm's extra model), else of that model, on unlabelled images."""
+        if not self.dist.is_main:
+            return  # only rank 0 logs
         prefix = logger.eval_key[: -len("top1")]
         teacher = self.algorithm.eval_model()
         scorer, name = (teacher, "teacher") if teacher is not None else (self.ema_model or self.model, "model")
@@ -203,11 +214,13 @@ class Trainer:
         }
 
     def check_finite(self) -> None:
-        """Raise DivergenceError if a loss since the last check, or the model, EMA or optimiser
-        state, is not finite (one host sync)."""
+        """Raise DivergenceError if a loss since the last check, or the model, EMA, optimiser
+        state or teacher, is not finite (one host sync; under torchrun the decision is every rank's)."""
         ema = self.ema_model.state_dict() if self.ema_model is not None else None
+        teacher = self.algorithm.eval_model()  # a teacher trained by its own optimiser diverges on its own
         self.guard.check(self.step, {"model": self.model.state_dict(), "EMA model": ema,
-                                     "optimiser state": self.optimizer.state})
+                                     "optimiser state": self.optimizer.state,
+                                     "teacher": teacher.state_dict() if teacher is not None else None})
 
     def save(self, best: bool = False) -> None:
         """Write `last.pt` (after checking the state is finite), then copy it to `best.pt` if `best`.
