@@ -83,9 +83,9 @@ class KDAIFRanks(KDAIF):
 '''
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
 FLEX = ["--net", "nobn_net", "--set", "train.lr=0.1", "--set", "train.cosine_cycles=0", "--set", "algo.threshold=0"]
-# KD-AIF with a teacher trained by its own optimiser (feedback): 1 warm-up step, solves at steps 1 and 3
-KDAIF = ["--net", "nobn_net", "--set", "algo.teacher_update=feedback", "--set", "algo.teacher_warmup=0.25",
-         "--set", "algo.weight_warmup=0.25", "--set", "algo.refresh_every=2"]
+# KD-AIF with a teacher trained by its own optimiser: 1 warm-up step, solves at steps 1 and 3
+KDAIF = ["--net", "nobn_net", "--set", "algo.teacher_warmup=0.25", "--set", "algo.weight_warmup=0.25",
+         "--set", "algo.refresh_every=2", "--set", "algo.uda_threshold=0"]
 
 
 def _plugin(tmp: Path) -> Path:
@@ -185,14 +185,20 @@ def test_two_nodes_with_c10d_rendezvous_train_what_one_launcher_trains(flexmatch
     assert _metrics(out) == _metrics(tmp / "two")[:1]  # its step-2 evaluation (the other test may resume "two")
 
 
-def test_kdaif_with_a_trained_teacher_matches_one_process_and_agrees_across_ranks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("update", ["feedback", "mpl"])
+def test_kdaif_with_a_trained_teacher_matches_one_process_and_agrees_across_ranks(tmp_path: Path, update: str) -> None:
     """KD-AIF's influence state (solves, scale, per-example running scores) comes from the global
-    batch and the feedback teacher from averaged gradients: 2 processes end where 1 does, and
-    every rank holds the same teacher and solve (spread across ranks exactly 0)."""
-    one = _train(tmp_path, "one", 1, "kdaif_ranks", 4, *KDAIF)
-    two = _train(tmp_path, "two", 2, "kdaif_ranks", 4, *KDAIF)
+    batch, the teacher learns from averaged gradients (feedback: with the global batch's baseline;
+    mpl: with MPL's feedback from the global gradients): 2 processes end where 1 does, and every
+    rank holds the same teacher and solve (spread across ranks exactly 0)."""
+    one = _train(tmp_path, "one", 1, "kdaif_ranks", 4, *KDAIF, "--set", f"algo.teacher_update={update}")
+    two = _train(tmp_path, "two", 2, "kdaif_ranks", 4, *KDAIF, "--set", f"algo.teacher_update={update}")
     _assert_close_state(two, one)
     teacher_one, teacher_two = one["algorithm"], two["algorithm"]
+    assert teacher_two["feedback_baseline"].item() == pytest.approx(teacher_one["feedback_baseline"].item(), abs=1e-6)
+    for i, state in teacher_one["teacher_opt"]["optimizer"]["state"].items():
+        torch.testing.assert_close(teacher_two["teacher_opt"]["optimizer"]["state"][i]["momentum_buffer"],
+                                   state["momentum_buffer"], rtol=1e-4, atol=1e-5, msg=f"teacher momentum {i}")
     _assert_close_state({"step": 4, **teacher_two}, {"step": 4, **teacher_one}, ("teacher",))
     for key in ("solution", "previous", "reference", "acc_sum", "acc_count"):
         torch.testing.assert_close(teacher_two["weighter"][key], teacher_one["weighter"][key], rtol=1e-4, atol=1e-5, msg=key)
