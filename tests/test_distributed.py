@@ -298,3 +298,33 @@ def test_collective_helpers_on_two_gloo_processes(tmp_path: Path) -> None:
     assert "the loss first became non-finite at step 1" in res[1]["guard"]
     waited, kind = res[0]["timeout"]
     assert kind in ("RuntimeError", "DistBackendError") and waited < 6
+
+
+def _worker_pid(launcher: int, rank: int) -> int:
+    """The pid of torchrun's worker process of `rank` (a child of the launcher with RANK in its environment)."""
+    for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no rank {rank} worker under {launcher}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the worker through /proc (Linux)")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path: Path) -> None:
+    """SIGTERM reaches rank 1 alone (a scheduler may signal processes one by one): both ranks agree to
+    stop at the next log step, rank 0 saves it there, and the run resumes from it."""
+    out = tmp_path / "run"
+    args = quick_args(out, "fixmatch", 400, "--net", "nobn_net", "--set", "train.save_every=4", "--set", "train.log_every=4",
+                      "--set", "train.dist_timeout_s=30")
+    proc = subprocess.Popen(_command(tmp_path, args, 2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)  # until the loop runs
+    os.kill(_worker_pid(proc.pid, 1), 15)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    step = torch.load(last, map_location="cpu", weights_only=False)["step"]
+    assert summary["interrupted"] is True and step == summary["steps"] and step % 4 == 0 and step < 400
+    assert f"interrupted at step {step}" in err

@@ -25,7 +25,8 @@ The rule, chosen so that N processes train the same model as one process:
 - Rank 0 alone writes logs, metrics and checkpoints.
 - Failures: the divergence guard's decision is global (every rank stops at the same check step);
   a rank that raises exits non-zero with its message and torchrun stops the others; a rank left
-  waiting in a collective gives up after `train.dist_timeout_s` instead of hanging.
+  waiting in a collective gives up after `train.dist_timeout_s` instead of hanging. A signal stops
+  every rank at the same log step (`Trainer.stop_agreed`), where rank 0 saves.
 
 Multi-node: `torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT`.
 """

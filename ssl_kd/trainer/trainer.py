@@ -260,16 +260,18 @@ class Trainer:
 
     # ----- the loop ---------------------------------------------------------------------------
     def fit(self, logger: RunLogger) -> dict[str, Any]:
-        """Train up to `train.steps`. Ctrl-C or SIGTERM stops after the current step and saves
-        `last.pt` there (a second signal stops at once), so an interrupted run resumes exactly;
+        """Train up to `train.steps`. Ctrl-C or SIGTERM stops after the current step (under torchrun:
+        every process after the same log step, `stop_agreed`) and saves `last.pt` there (a second
+        signal stops at once), so an interrupted run resumes exactly;
         it then raises `Interrupted` carrying the signal."""
         t = self.cfg.train
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True, desc=t.algo)
         last_eval: dict[str, Any] = {}
         if self.step == 0 and (grid := views_grid(self.data)) is not None:
             logger.image("views/none_weak_strong", grid, 0)  # what the augmentation does to a few images
+        stopping = False
         with StopRequest() as stop:
-            while self.step < t.steps and not stop.requested:
+            while self.step < t.steps and not stopping:
                 start = time.perf_counter()
                 logs, out = self.train_one_step()
                 self.step += 1
@@ -294,11 +296,23 @@ class Trainer:
                     self.save()
                 elif self.guard.due(self.step):
                     self.check_finite()
+                stopping = self.stop_agreed(stop)
         bar.close()
-        if stop.requested:
+        if stopping:
             self.save()
             raise Interrupted(stop.signum, self.step)
         return last_eval
+
+    def stop_agreed(self, stop: StopRequest) -> bool:
+        """Whether a signal stops the run after this step. Under torchrun the processes get a signal
+        at different moments (or only one gets it), so they decide together at log steps and at the
+        last step (one all-reduce where the step already waits to log): all stop at the same step,
+        where rank 0 saves."""
+        if not self.dist.enabled:
+            return stop.requested
+        if self.step % self.cfg.train.log_every and self.step != self.cfg.train.steps:
+            return False
+        return not distributed.all_true(not stop.requested)
 
 
 def progress_postfix(scalars: dict[str, float], last_eval: dict[str, Any], eval_key: str) -> dict[str, str]:
