@@ -133,7 +133,8 @@ class KDAIF(KD):
             max_weight=cfg.max_weight, ema=cfg.weight_ema, reference_tau=cfg.reference_tau, relative=cfg.relative, accumulate=cfg.accumulate,
             accumulate_prior=cfg.accumulate_prior, damping_fraction=cfg.damping_fraction,
             weight_decay=self.ctx.train_cfg.weight_decay, tau=cfg.tau if tempered else 1.0, tau_squared=True,
-            index_size=self.ctx.data.train_y.numel(),
+            # per-index tables of the dataset's size; fit_static scores the whole pool every batch is drawn from
+            index_size=self.ctx.data.train_y.numel(), check_lookups=False,
         )
 
     @property

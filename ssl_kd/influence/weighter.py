@@ -57,6 +57,7 @@ class InfluenceConfig:
     tau: float = 1.0  # temperature of the weighted training loss (1: plain cross-entropy)
     tau_squared: bool = True  # the weighted loss carries the tau^2 factor of distillation
     index_size: int = 0  # size of the per-index tables (the dataset's); 0: grown to the largest index seen, read back per call
+    check_lookups: bool = True  # static: check that each looked-up index was scored (a host readback per call)
 
     def __post_init__(self) -> None:
         for key, value, choices in (
@@ -279,7 +280,7 @@ class InfluenceWeighter:
                                  "before weights()")
         if idx is None:
             raise InfluenceError("the static schedule looks weights up by dataset index: pass idx to weights()")
-        if int(idx.max()) >= table.numel() or bool(table[idx].isnan().any()):
+        if self.cfg.check_lookups and (int(idx.max()) >= table.numel() or bool(table[idx].isnan().any())):
             raise InfluenceError("weights() asked for dataset indices that fit_static() did not score; "
                                  "pass every index the run trains on to fit_static()")
         return self._scored(self.logit_gradients(self.static_logits[idx], targets), self.static_proj[idx])  # type: ignore[index]
