@@ -15,14 +15,16 @@ from ssl_kd.text.metrics import official_metrics
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, policy: AugPolicy | None, batch_size: int,
-            autocast: Callable[[], Any] = nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and features of `model` (in eval mode) over `x`, in batches."""
+            autocast: Callable[[], Any] = nullcontext, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and features of `model` (in eval mode) over `x[rows]`, reading one batch of rows at a
+    time (`x` may be a host-placed HostTensor larger than the device's memory)."""
     was_training = model.training
     model.eval()
     logits, feats = [], []
-    for start in range(0, x.shape[0], batch_size):
+    begin, end, _ = rows.indices(x.shape[0])
+    for start in range(begin, end, batch_size):
         with autocast():
-            lg, ft = model(make_view("none", x[start:start + batch_size], policy))
+            lg, ft = model(make_view("none", x[start:min(start + batch_size, end)], policy))
         logits.append(lg.float())
         feats.append(ft.float())
     model.train(was_training)
