@@ -190,8 +190,8 @@ class KDAIF(KD):
         """(logits, features) of `net` in eval mode on the clean images at `idx` (torchrun: each
         rank computes its part and every rank gets all, so ranks agree whatever their BatchNorm statistics)."""
         d = self.ctx.data
-        return sharded(lambda part: predict(net, d.train_x[idx[part]], d.policy, self.ctx.train_cfg.eval_batch_size,
-                                            self.ctx.autocast), idx.numel())
+        return sharded(lambda part: predict(net, d.train_x, d.policy, self.ctx.train_cfg.eval_batch_size,
+                                            self.ctx.autocast, rows=idx[part]), idx.numel())
 
     def reference_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Student features (eval mode) and labels of the reference set in `reference_view`, or of

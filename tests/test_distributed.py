@@ -15,8 +15,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssl_kd.algorithm import Batch
+from ssl_kd.data.placement import HostTensor
+from ssl_kd.data.types import AugPolicy
 from ssl_kd.errors import ConfigError
 from ssl_kd.trainer import distributed
+from ssl_kd.trainer.evaluate import predict
 from ssl_kd.trainer.guard import DivergenceError, FiniteGuard
 from tests.conftest import REPO, quick_args
 
@@ -334,3 +337,24 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
     step = torch.load(last, map_location="cpu", weights_only=False)["step"]
     assert summary["interrupted"] is True and step == summary["steps"] and step % 4 == 0 and step < 400
     assert f"interrupted at step {step}" in err
+
+
+def test_predict_reads_its_rows_one_batch_at_a_time() -> None:
+    """What sharded evaluation (a slice) and KD-AIF's features (an index tensor) read: the rows of
+    x[rows] in order, at most a batch at a time, also from a host-placed HostTensor."""
+    sizes: list[int] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            sizes.append(x.shape[0])
+            return x.flatten(1)[:, :2], x.flatten(1)
+
+    policy = AugPolicy(mean=(0.5,), std=(0.25,))
+    x = torch.randint(0, 256, (7, 1, 2, 2), dtype=torch.uint8)
+    whole = predict(Probe(), x, policy, 100)[1]
+    sizes.clear()
+    assert torch.equal(predict(Probe(), x, policy, 3, rows=slice(2, 7))[1], whole[2:7]) and sizes == [3, 2]
+    sizes.clear()
+    idx = torch.tensor([6, 0, 3, 4])
+    assert torch.equal(predict(Probe(), HostTensor(x, torch.device("cpu")), policy, 3, rows=idx)[1], whole[idx])
+    assert sizes == [3, 1]

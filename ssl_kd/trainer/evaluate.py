@@ -15,16 +15,21 @@ from ssl_kd.text.metrics import official_metrics
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, policy: AugPolicy | None, batch_size: int,
-            autocast: Callable[[], Any] = nullcontext, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and features of `model` (in eval mode) over `x[rows]`, reading one batch of rows at a
-    time (`x` may be a host-placed HostTensor larger than the device's memory)."""
+            autocast: Callable[[], Any] = nullcontext,
+            rows: slice | torch.Tensor = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and features of `model` (in eval mode) over `x[rows]` (a slice or an index tensor),
+    reading one batch of rows at a time (`x` may be a host-placed HostTensor larger than the device's memory)."""
     was_training = model.training
     model.eval()
     logits, feats = [], []
-    begin, end, _ = rows.indices(x.shape[0])
-    for start in range(begin, end, batch_size):
+    if isinstance(rows, slice):
+        begin, end, _ = rows.indices(x.shape[0])
+        batches = (slice(start, min(start + batch_size, end)) for start in range(begin, end, batch_size))
+    else:
+        batches = iter(rows.split(batch_size))
+    for batch in batches:
         with autocast():
-            lg, ft = model(make_view("none", x[start:min(start + batch_size, end)], policy))
+            lg, ft = model(make_view("none", x[batch], policy))
         logits.append(lg.float())
         feats.append(ft.float())
     model.train(was_training)
