@@ -358,3 +358,23 @@ def test_predict_reads_its_rows_one_batch_at_a_time() -> None:
     idx = torch.tensor([6, 0, 3, 4])
     assert torch.equal(predict(Probe(), HostTensor(x, torch.device("cpu")), policy, 3, rows=idx)[1], whole[idx])
     assert sizes == [3, 1]
+
+
+def test_ranks_draw_their_own_dropout_masks_and_keep_the_shared_stream() -> None:
+    """Inside the step each rank draws from its own stream (dropout masks differ across ranks),
+    reproducibly (resume), while the shared stream that makes the views goes on untouched."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    draws = []
+    for rank in range(2):
+        with distributed.rank_rng(distributed.DistInfo(rank, 2), 0, 5, cpu):
+            draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.equal(torch.get_rng_state(), before)
+    with distributed.rank_rng(distributed.DistInfo(1, 2), 0, 5, cpu):
+        assert torch.equal(torch.rand(4), draws[1])
+    with distributed.rank_rng(distributed.DistInfo(), 0, 5, cpu):
+        one = torch.rand(4)
+    torch.set_rng_state(before)
+    assert torch.equal(one, torch.rand(4))  # one process: the shared stream itself, as before

@@ -15,6 +15,8 @@ The rule, chosen so that N processes train the same model as one process:
   the checkpoints written right after it, are the same on every rank; a `save_every` checkpoint
   between evaluations holds rank 0's statistics (saving has no collective, as rank 0 alone decides
   when it writes best.pt).
+- Random draws inside the algorithm's step (dropout) come from a per-rank stream (`rank_rng`), so
+  ranks do not repeat each other's masks.
 - Algorithm state that follows the examples of a batch is updated from the gathered global batch
   (`gather_cat`: FlexMatch's record of confident predictions), so it is the same on every rank.
 - Evaluation is sharded: each rank predicts its contiguous part of the test (and validation) set
@@ -33,7 +35,8 @@ Multi-node: `torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-e
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -124,6 +127,20 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     if not info.enabled:
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextmanager
+def rank_rng(info: DistInfo, seed: int, step: int, device: torch.device, phase: int = 0) -> Iterator[None]:
+    """Random numbers of this rank's own for the block (the network's dropout masks): every rank
+    shares one RNG stream, so that all make the same views, and without this would draw the same
+    masks for their different examples. Seeded by (seed, step, rank, phase), so resume stays exact;
+    the shared stream continues unchanged after the block. One process: no change at all."""
+    if not info.enabled:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(((seed * 1_000_003 + step) * 4096 + info.rank) * 2 + phase)
+        yield
 
 
 def part_sizes(n: int, world_size: int) -> list[int]:

@@ -132,7 +132,7 @@ class Trainer:
         batch = self.next_batch()
         self.model.train()
         self.algorithm.step = self.step
-        with self.autocast():
+        with self.autocast(), distributed.rank_rng(self.dist, self.cfg.train.seed, self.step, self.device):
             out = self.algorithm.train_step(batch)
         self.guard.record(self.step + 1, out.loss)  # checked with the weights on check steps (no sync here)
         self.optimizer.zero_grad(set_to_none=True)
@@ -141,7 +141,8 @@ class Trainer:
         self.scheduler.step()
         if self.ema_model is not None:
             update_ema(self.ema_model, self.model, self.cfg.train.ema)
-        self.algorithm.after_step()
+        with distributed.rank_rng(self.dist, self.cfg.train.seed, self.step, self.device, phase=1):
+            self.algorithm.after_step()
         logs = {"loss/total": out.loss.detach(), **out.logs}
         if out.pseudo_labels is not None and batch.idx_u is not None:
             truth = self.data.true_labels(batch.idx_u)  # -1 (never correct) for unseen classes
