@@ -51,7 +51,8 @@ def describe_family(family: str) -> str:
     if family not in DATASETS:
         return "an unknown dataset"
     fam = DATASETS.get(family)
-    return f"{fam.num_classes} classes, inputs normalised with mean {fam.policy.mean} and std {fam.policy.std}"
+    classes = f"{fam.num_classes} classes" if fam.num_classes else "the classes of its folder"  # imagefolder
+    return f"{classes}, inputs normalised with mean {fam.policy.mean} and std {fam.policy.std}"
 
 
 def load_teacher(path: str, dataset: str, net: str, make_net: Callable[[str], nn.Module]) -> tuple[nn.Module, str, str]:

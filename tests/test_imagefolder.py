@@ -150,3 +150,10 @@ def test_batched_decode_failure_names_the_file(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(decode, "decode_jpeg", cpu_decode_jpeg)
     with pytest.raises(DataError, match="train/bee/1.jpg cannot be decoded"):
         decode.decode_files(sorted((root / "train").rglob("*.jpg")), 16, torch.device("cuda"), "test")
+
+
+def test_teacher_mismatch_message_describes_a_folder_family_without_a_class_count():
+    from ssl_kd.teacher import describe_family
+
+    assert describe_family("imagefolder").startswith("the classes of its folder")
+    assert describe_family("cifar10").startswith("10 classes")
