@@ -27,10 +27,10 @@ for algo in supervised kd kdaif; do
 done
 fi
 [[ " $PARTS " == *" ssl "* ]] || exit 0
-echo "== SSL mode on sst2_1k: $SSL_STEPS steps, batch 16 labelled + 48 unlabelled, seeds $SEEDS"
+echo "== SSL mode on sst2_1k: $SSL_STEPS steps, batch 16 labelled + 16 unlabelled, seeds $SEEDS"
 for seed in $SEEDS; do
   for algo in $SSL_ALGOS; do
     "${TRAIN[@]}" --dataset sst2_1k --algo "$algo" --net hf:minilm-l6:layers=2 --steps "$SSL_STEPS" --eval-every "$SSL_STEPS" \
-      --batch-size 16 --uratio 3 --seed "$seed" --out "$OUT/ssl_${algo}_s$seed"
+      --batch-size 16 --uratio 1 --set data.val_per_class=100 --seed "$seed" --out "$OUT/ssl_${algo}_s$seed"
   done
 done
