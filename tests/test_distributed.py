@@ -288,6 +288,9 @@ def _helpers_worker(rank: int, port: int, out: str) -> None:
     else:
         time.sleep(6)
     torch.save(res, f"{out}/{rank}.pt")
+    # No interpreter teardown: gloo's C++ destructors may abort ("terminate called without an active
+    # exception") on a process group that still holds the timed-out collective (seen once in 3 suite runs).
+    os._exit(0)
 
 
 def test_collective_helpers_on_two_gloo_processes(tmp_path: Path) -> None:
