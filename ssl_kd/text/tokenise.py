@@ -19,7 +19,7 @@ from ssl_kd.data.cache import CACHE_ENV, cache_root, load_or_make
 from ssl_kd.data.family import RawData
 from ssl_kd.data.types import TextPolicy
 from ssl_kd.errors import ConfigError
-from ssl_kd.text.hub import parse_hf_name, require_transformers
+from ssl_kd.text.hub import is_hf_name, parse_hf_name, require_transformers, tokenizer_source
 
 
 def cache_dir() -> Path:
@@ -45,8 +45,6 @@ def load_tokenizer(net: str) -> Any:
 def check_same_tokenizer(teacher_net: str, student_net: str) -> None:
     """A text teacher reads the student's token ids, so both networks must share one tokenizer
     (same vocabulary and special tokens); image networks have none and pass."""
-    from ssl_kd.text.hub import is_hf_name, tokenizer_source
-
     hf = (is_hf_name(teacher_net), is_hf_name(student_net))
     if not any(hf) or (all(hf) and tokenizer_source(teacher_net) == tokenizer_source(student_net)):
         return

@@ -183,12 +183,8 @@ def local_part(x: torch.Tensor) -> torch.Tensor:
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
     """The mean of `x` over every rank's elements (equal-sized shards); one process: x.mean()."""
-    mean = x.float().mean()
-    info = world()
-    if info.enabled:
-        mean = mean.clone()
-        dist.all_reduce(mean)
-        mean /= info.world_size
+    mean = x.float().mean().clone()
+    all_reduce_mean_([mean], world())
     return mean
 
 
@@ -217,11 +213,8 @@ def gather_cat(x: torch.Tensor) -> torch.Tensor:
     """`x` of every rank concatenated in rank order, i.e. a global batch from its shards; for
     algorithm state that must follow the whole batch (FlexMatch's per-example record). One
     process: `x` itself."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    info = world()
+    return gather_parts(x, [x.shape[0]] * info.world_size) if info.enabled else x
 
 
 class SilentLogger:
