@@ -11,21 +11,20 @@ alpha 1, beta 8, tau 4, warm-up 20 of 240 epochs (1/12 of the steps). Labels ent
 DKD runs in KD mode only. Everything else (teacher checkpoint, teacher updates, per-example weight
 hook, logging) is KD's: `dkd` only overrides `kd_mode_loss` (algorithms/kd.py).
 
-`dkdaif` is KD-AIF over DKD: KD-AIF's influence weights (algorithms/kdaif.py, every `algo.*`
-option of kdaif) multiply DKD's per-example loss. Its head-restricted influence needs each
+`dkdaif` is DKD with `weights.kind=influence` by default (every `weights.*` option applies): the
+influence weights multiply DKD's per-example loss. Its head-restricted influence needs each
 example's gradient of that loss w.r.t. the logits, which `ssl_kd.distill.LossWeighter` takes by
-autograd. A registered algorithm rather than a `base_loss` switch inside kdaif: the two configs
-simply combine and kdaif stays unaware of DKD. With all weights 1 it equals `dkd` exactly (tested).
+autograd (`kd_mode_weighter`). With `weights.kind=none` it equals `dkd` exactly (tested).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ssl_kd.algorithms.kd import KD, KDConfig
-from ssl_kd.algorithms.kdaif import KDAIF, KDAIFConfig
 from ssl_kd.distill import LossWeighter, dkd_parts
 from ssl_kd.errors import ConfigError
 from ssl_kd.registry import register_algorithm
@@ -59,6 +58,14 @@ class DKD(KD):
             raise ConfigError(f"algo.beta={self.cfg.beta} and algo.dkd_warmup={self.cfg.dkd_warmup}: "
                               "give beta >= 0 and a warm-up fraction in [0, 1)")
 
+    def kd_mode_weighter(self, cfg: Any) -> LossWeighter:
+        """Influence of DKD's own per-example loss (autograd logit gradients)."""
+        return LossWeighter(cfg, self.packed_loss)
+
+    def packed_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """DKD's per-example loss at this step for `pack_targets` targets (teacher distribution, label)."""
+        return self.kd_mode_loss(logits, targets[:, :-1], targets[:, -1].long())[0]
+
     def ramp(self) -> float:
         """DKD's warm-up factor at this step: (k + 1) / warm-up steps, then 1 (the paper's epoch / 20)."""
         return min(1.0, (self.step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
@@ -71,20 +78,9 @@ class DKD(KD):
         return loss, {"sup": ce, "tckd": parts.tckd, "nckd": parts.nckd}
 
 
-@dataclass
-class DKDAIFConfig(DKDConfig, KDAIFConfig):
-    """DKD's loss settings and KD-AIF's weight settings."""
-
-
 @register_algorithm("dkdaif")
-class DKDAIF(DKD, KDAIF):
-    Config = DKDAIFConfig
+class DKDAIF(DKD):
+    """`dkd` whose per-example terms carry influence weights unless `weights.kind` says otherwise."""
+
     name = "dkdaif"
-
-    def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(model, cfg, ctx)
-        self.weighter = LossWeighter(self.weighter.cfg, self.packed_loss)  # DKD's loss instead of KD's alpha-mix
-
-    def packed_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """DKD's per-example loss at this step for `pack_targets` targets (teacher distribution, label)."""
-        return self.kd_mode_loss(logits, targets[:, :-1], targets[:, -1].long())[0]
+    default_weights = "influence"

@@ -2,7 +2,8 @@
 confidence threshold, train the prediction on the strong view.
 
 Defaults from the paper: threshold 0.95, lambda_u 1, mu 7 (the trainer's `uratio`).
-Subclasses change one component: FlexMatch overrides `make_thresholder`.
+Subclasses change one component: FlexMatch overrides `make_thresholder`. Takes per-example weights
+(`weights.kind`): they multiply each pseudo-label's term after the confidence mask.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class FixMatch(Algorithm):
     Config = FixMatchConfig
     labelled_views = ("weak",)
     unlabelled_views = ("weak", "strong")
+    takes_weights = True
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
@@ -34,16 +36,17 @@ class FixMatch(Algorithm):
     def make_thresholder(self) -> Thresholder:
         return Thresholder(self.cfg.threshold, self.ctx.num_classes)
 
-    def unsup_loss(self, logits_weak, logits_strong, idx):  # type: ignore[no-untyped-def]
-        """Masked cross-entropy of the strong view against the weak view's pseudo-labels."""
-        _, pseudo, mask = hard_pseudo_labels(logits_weak, self.thresholder, idx)
-        loss = masked_mean(F.cross_entropy(logits_strong.float(), pseudo, reduction="none"), mask)
+    def unsup_loss(self, logits_weak, logits_strong, idx, feats_strong=None):  # type: ignore[no-untyped-def]
+        """Masked (and weighted) cross-entropy of the strong view against the weak view's pseudo-labels."""
+        probs, pseudo, mask = hard_pseudo_labels(logits_weak, self.thresholder, idx)
+        weight = self.weigh(mask, feats_strong, logits_strong, pseudo, idx, probs.max(-1).values)
+        loss = masked_mean(F.cross_entropy(logits_strong.float(), pseudo, reduction="none"), weight)
         return loss, pseudo, mask
 
     def train_step(self, batch: Batch) -> StepOutput:
-        (lx, _), (luw, _), (lus, _) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"])
+        (lx, _), (luw, _), (lus, fus) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"])
         sup = F.cross_entropy(lx.float(), batch.y_l)
-        unsup, pseudo, mask = self.unsup_loss(luw, lus, batch.idx_u)
+        unsup, pseudo, mask = self.unsup_loss(luw, lus, batch.idx_u, fus)
         loss = sup + self.cfg.lambda_u * unsup
         return StepOutput(
             loss=loss,

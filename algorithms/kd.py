@@ -18,9 +18,9 @@ warmed up on the labelled set (`frozen`, `weighted_ce`), on UDA's loss (`mpl`), 
 student (`ema`); a randomly initialised teacher is never used. The run log says which it was.
 How the teacher changes afterwards is `teacher_update` (see ssl_kd/teacher.py).
 
-Every per-example loss passes through `unlabelled_weights` / `labelled_weights`, which return
-ones here; KD-AIF (kdaif.py) overrides them with influence weights, so `kd` is exactly KD-AIF
-with all weights 1 (tested).
+Every per-example loss passes through the weighting module (`weights.*`, ssl_kd.weighting): the
+unlabelled terms in SSL mode, the labelled terms in KD mode. KD-AIF (kdaif.py) is `kd` with
+`weights.kind=influence`; with `weights.kind=none` the two are the same algorithm (tested).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from torch import nn
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
 from ssl_kd.algorithms.uda import UDA, UDAConfig
 from ssl_kd.components import forward_concat
-from ssl_kd.distill import kd_losses, tempered_kl
+from ssl_kd.distill import DistillWeighter, kd_losses, pack_targets, teacher_weight_logs, tempered_kl
 from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import linear_rampup
 from ssl_kd.registry import register_algorithm
@@ -45,6 +45,7 @@ from ssl_kd.teacher import (TEACHER_UPDATES, TeacherOptimiser, load_teacher, mpl
                             pseudo_label_grads, set_trainable, student_lr)
 from ssl_kd.trainer.distributed import global_mean
 from ssl_kd.trainer.ema import update_ema
+from ssl_kd.weighting.spec import WeightSpec, hard_targets, labelling_logits
 
 MODES = ("auto", "ssl", "kd")
 SELF_TRAINED = ("weighted_ce", "mpl", "feedback")  # teacher updates that train the teacher with its own optimiser
@@ -88,6 +89,8 @@ class KD(Algorithm):
     name = "kd"
     labelled_views = ("weak",)
     unlabelled_views = ("weak", "strong")
+    takes_weights = True
+    crossfit_ready = True
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
@@ -153,26 +156,38 @@ class KD(Algorithm):
         """Whether the teacher is optimised at `step` (only then do its parameters get gradients)."""
         return self.update in SELF_TRAINED or (self.update == "frozen" and step < self.warmup_steps)
 
-    # ----- weights: ones here, influence weights in KD-AIF ---------------------------------------
-    def unlabelled_weights(self, feats: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                           idx: torch.Tensor | None, confidence: torch.Tensor) -> torch.Tensor:
-        """Per-example weights of the pseudo-label loss (detached); `targets` are what the loss uses,
-        `confidence` the teacher's maximum probability on the weak view."""
-        return torch.ones(logits.shape[0], device=logits.device)
-
+    # ----- weights (ssl_kd.weighting): none here, influence in KD-AIF ------------------------------
     def labelled_loss(self, logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """SSL mode's supervised term: mean cross-entropy over the labelled batch (KD-AIF's
-        cross-fitted reference leaves one fold of the labelled set out of it)."""
-        return F.cross_entropy(logits.float(), labels)
+        """SSL mode's supervised term: mean cross-entropy over the labelled batch (a cross-fitted
+        influence reference leaves one fold of the labelled set out of it)."""
+        keep = self.weights.labelled_keep(idx)
+        if keep is None:
+            return F.cross_entropy(logits.float(), labels)
+        return (keep * F.cross_entropy(logits.float(), labels, reduction="none")).sum() / keep.sum().clamp(min=1)
 
-    def labelled_weights(self, feats: torch.Tensor, logits: torch.Tensor, teacher_probs: torch.Tensor,
-                         labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Per-example weights of KD mode's combined loss (detached)."""
-        return torch.ones(logits.shape[0], device=logits.device)
+    def weight_spec(self) -> WeightSpec:
+        """SSL mode: the teacher's pseudo-labels (hard, or its distribution at tau) on unlabelled
+        data; KD mode: the teacher's distribution at tau and the label of each labelled example,
+        under the alpha-mix of distillation and cross-entropy."""
+        t = self.ctx.train_cfg
+        chunk = t.batch_size * max(1, t.uratio)
+        batch_stats = not (self.cfg.teacher_ckpt and self.update == "frozen")
+        labeller = lambda idx: labelling_logits(self.teacher, batch_stats, idx, self.ctx.data, chunk, self.ctx.autocast)  # noqa: E731
+        if self.mode == "kd":
+            return WeightSpec(student=self.student, pool="labelled", labeller=labeller, targets=self.packed_targets,
+                              tau=self.cfg.tau, make_weighter=self.kd_mode_weighter)
+        soft = self.cfg.target == "soft"
+        targets = (lambda logits, idx: torch.softmax(logits / self.cfg.tau, -1)) if soft else hard_targets
+        return WeightSpec(student=self.student, pool="unlabelled", labeller=labeller, targets=targets,
+                          tau=self.cfg.tau if soft else 1.0)
 
-    def weight_outputs(self, out: StepOutput, w: torch.Tensor, idx: torch.Tensor | None) -> StepOutput:
-        """Add statistics of the weights `w` of the examples `idx` to a step's output (none for unweighted KD)."""
-        return out
+    def packed_targets(self, teacher_logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """KD mode's targets of the examples `idx`: the teacher's distribution at tau and the label."""
+        return pack_targets(torch.softmax(teacher_logits / self.cfg.tau, -1), self.ctx.data.train_y[idx])
+
+    def kd_mode_weighter(self, cfg: Any) -> DistillWeighter:
+        """KD mode's loss is the alpha-mix of tempered KL and cross-entropy (DKD swaps in its own)."""
+        return DistillWeighter(cfg, self.cfg.alpha)
 
     # ----- the step -------------------------------------------------------------------------------
     @property
@@ -233,19 +248,19 @@ class KD(Algorithm):
         else:
             targets = torch.softmax(t_uw.detach().float() / cfg.tau, dim=-1)
             per_example = tempered_kl(s_us, targets, cfg.tau)
-        w = self.unlabelled_weights(f_us, s_us, targets, batch.idx_u, conf)
-        unsup = (w * mask * per_example).mean()
+        w = self.weigh(mask, f_us, s_us, targets, batch.idx_u, conf)  # the mask itself without weights
+        unsup = (w * per_example).mean()
         loss = sup + cfg.lambda_u * unsup
         logs: dict[str, Any] = {"loss/sup": sup.detach(), "loss/unsup": unsup.detach(),
                                 "loss/unsup_unweighted": (mask * per_example).mean().detach(),
                                 "train/teacher_confidence": conf.mean()}
         if self.update == "weighted_ce":
-            t_pseudo = (w * mask * F.cross_entropy(t_us.float(), pseudo, reduction="none")).mean()
+            t_pseudo = (w * F.cross_entropy(t_us.float(), pseudo, reduction="none")).mean()
             t_loss = F.cross_entropy(t_l.float(), y_l) + cfg.lambda_u * t_pseudo
             logs.update({"loss/teacher": t_loss.detach(), "loss/teacher_pseudo": t_pseudo.detach()})
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
         elif self.update == "feedback":
-            t_loss = self.teacher_feedback_loss(t_l, t_uw, y_l, pseudo, w * mask, logs)
+            t_loss = self.teacher_feedback_loss(t_l, t_uw, y_l, pseudo, w, logs)
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
         elif self.update == "mpl":
             t_loss = self.teacher_uda_loss(t_l, t_uw, t_us, y_l, logs)
@@ -253,8 +268,7 @@ class KD(Algorithm):
             lr = student_lr(self.student, self.ctx.train_cfg, self.step)
             self._teacher_step = lambda: logs.update(mpl_teacher_update(  # rewards the weak-view prediction that made the labels
                 self.teacher_opt, t_loss, t_uw, pseudo, self.student, x_l, y_l, grads_u, lr, self.ctx.autocast))
-        out = StepOutput(loss=loss, logs=logs, pseudo_labels=pseudo, mask=mask if cfg.threshold > 0 else None)
-        return self.weight_outputs(out, w, batch.idx_u)
+        return StepOutput(loss=loss, logs=logs, pseudo_labels=pseudo, mask=mask if cfg.threshold > 0 else None)
 
     def kd_step(self, batch: Batch) -> StepOutput:
         cfg = self.cfg
@@ -263,7 +277,8 @@ class KD(Algorithm):
         teacher_probs = torch.softmax(t_logits.detach().float() / cfg.tau, dim=-1)
         s_logits, feats = self.model(x)
         per_example, parts = self.kd_mode_loss(s_logits, teacher_probs, y)
-        w = self.labelled_weights(feats, s_logits, teacher_probs, y, batch.idx_l)
+        ones = torch.ones(s_logits.shape[0], device=s_logits.device)
+        w = self.weigh(ones, feats, s_logits, pack_targets(teacher_probs, y), batch.idx_l, teacher_probs.max(-1).values)
         loss = (w * per_example).mean()
         logs: dict[str, Any] = {f"loss/{k}": (w * v).mean().detach() for k, v in parts.items()}
         logs["train/teacher_batch_acc"] = 100.0 * (t_logits.detach().argmax(-1) == y).float().mean()
@@ -271,12 +286,9 @@ class KD(Algorithm):
             t_loss = (w * F.cross_entropy(t_logits.float(), y, reduction="none")).mean()
             logs["loss/teacher"] = t_loss.detach()
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
-        logs.update(self.teacher_weight_logs(w, t_logits.detach().argmax(-1), y))
-        return self.weight_outputs(StepOutput(loss=loss, logs=logs), w, batch.idx_l)
-
-    def teacher_weight_logs(self, w: torch.Tensor, teacher_pred: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        """KD mode: statistics of the weights where the teacher is wrong / right (none for unweighted KD)."""
-        return {}
+        if self.weights.active:
+            logs.update(teacher_weight_logs(w, t_logits.detach().argmax(-1), y))
+        return StepOutput(loss=loss, logs=logs)
 
     def kd_mode_loss(self, s_logits: torch.Tensor, teacher_probs: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -311,8 +323,8 @@ class KD(Algorithm):
         if self._teacher_step is not None:
             self._teacher_step()
             self._teacher_step = None
-        if self.update == "ema":
-            update_ema(self.teacher, self.student, self.cfg.teacher_ema)
+        if self.update == "ema":  # Mean Teacher's ramp: no share of the random initialisation survives the first steps
+            update_ema(self.teacher, self.student, min(1.0 - 1.0 / (self.step + 1), self.cfg.teacher_ema))
 
     def eval_model(self) -> nn.Module:
         return self.teacher

@@ -13,6 +13,10 @@ loss trained nothing and its Mean Teacher equalled its supervised baseline).
 Defaults from the paper's code: consistency weight 100 (MSE averaged over classes), sigmoid
 ramp-up exp(-5(1-t)^2) over the first 40k of 150k steps (27% of training). The teacher runs in
 train mode (batch statistics), as in the authors' code; its BatchNorm buffers follow the student's.
+
+Takes per-example weights (`weights.kind`): each unlabelled example's squared error (averaged over
+classes) is multiplied by its weight; influence scores that term's gradient by autograd
+(`LossWeighter`), with the teacher's softmax as the target.
 """
 from __future__ import annotations
 
@@ -25,9 +29,16 @@ from torch import nn
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
 from ssl_kd.components import forward_concat
+from ssl_kd.distill import LossWeighter
 from ssl_kd.ramps import sigmoid_rampup
 from ssl_kd.registry import register_algorithm
 from ssl_kd.trainer.ema import update_ema
+from ssl_kd.weighting.spec import WeightSpec, labelling_logits
+
+
+def squared_error(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per example: the mean over classes of (softmax(logits) - targets)^2."""
+    return (torch.softmax(logits.float(), dim=-1) - targets).pow(2).mean(-1)
 
 
 @dataclass
@@ -43,6 +54,7 @@ class MeanTeacher(Algorithm):
     Config = MeanTeacherConfig
     labelled_views = ("weak",)
     unlabelled_views = ("weak", "weak_2")
+    takes_weights = True
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
@@ -62,18 +74,34 @@ class MeanTeacher(Algorithm):
         decay = self.cfg.ema_rampup if self.step < self.rampup_steps else self.cfg.ema
         return min(1.0 - 1.0 / (self.step + 1), decay)
 
-    def consistency_loss(self, student_logits: torch.Tensor, teacher_input: torch.Tensor) -> torch.Tensor:
-        """Mean over examples and classes of (softmax(student) - softmax(teacher))^2."""
+    def consistency_loss(self, student_logits: torch.Tensor, teacher_input: torch.Tensor,
+                         feats: torch.Tensor | None = None, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over examples and classes of (softmax(student) - softmax(teacher))^2, each
+        example's term weighted when weights are on."""
         self.teacher.train()
         with torch.no_grad():
             teacher_logits, _ = self.teacher(teacher_input)
         teacher_probs = torch.softmax(teacher_logits.float(), dim=-1)
-        return F.mse_loss(torch.softmax(student_logits.float(), dim=-1), teacher_probs)
+        if not self.weights.active:
+            return F.mse_loss(torch.softmax(student_logits.float(), dim=-1), teacher_probs)
+        ones = torch.ones(student_logits.shape[0], device=student_logits.device)
+        weight = self.weigh(ones, feats, student_logits, teacher_probs, idx, teacher_probs.max(-1).values)  # type: ignore[arg-type]
+        per_entry = F.mse_loss(torch.softmax(student_logits.float(), dim=-1), teacher_probs, reduction="none")
+        return (per_entry * weight[:, None]).mean()  # with unit weights, bit-identical to the mean above
+
+    def weight_spec(self) -> WeightSpec:
+        """The teacher's softmax (train mode, as it labels) is the target of a squared-error term."""
+        t = self.ctx.train_cfg
+        labeller = lambda idx: labelling_logits(self.teacher, True, idx, self.ctx.data, t.batch_size * max(1, t.uratio),  # noqa: E731
+                                                self.ctx.autocast)
+        return WeightSpec(student=self.student, pool="unlabelled", labeller=labeller,
+                          targets=lambda logits, idx: torch.softmax(logits.float(), dim=-1),
+                          make_weighter=lambda cfg: LossWeighter(cfg, squared_error))
 
     def train_step(self, batch: Batch) -> StepOutput:
-        (lx, _), (lu, _) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"])
+        (lx, _), (lu, fu) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"])
         sup = F.cross_entropy(lx.float(), batch.y_l)
-        unsup = self.consistency_loss(lu, batch.x_u["weak_2"])
+        unsup = self.consistency_loss(lu, batch.x_u["weak_2"], fu, batch.idx_u)
         weight = self.consistency_weight()
         return StepOutput(
             loss=sup + weight * unsup,

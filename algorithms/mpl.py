@@ -21,9 +21,12 @@ temperature 0.7, threshold 0.95, UDA weight 8 ramped up linearly, teacher learni
 the student's. Left out: label smoothing of the teacher's labelled loss and the final fine-tuning
 of the student on the labelled set. Checked (tests/test_kd_mpl.py): the feedback's sign, that the
 teacher receives the feedback gradient and the student none from the teacher's losses.
+Takes per-example weights (`weights.kind`): they multiply the student's cross-entropy on each
+pseudo-label, and so the gradient the teacher's feedback is computed from.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,6 +41,7 @@ from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import linear_rampup
 from ssl_kd.registry import register_algorithm
 from ssl_kd.teacher import TeacherOptimiser, mpl_teacher_update, plain_module, pseudo_label_grads, student_lr
+from ssl_kd.weighting.spec import WeightSpec, labelling_logits
 
 
 @dataclass
@@ -57,6 +61,7 @@ class MPL(Algorithm):
     name = "mpl"
     labelled_views = ("weak",)
     unlabelled_views = ("weak", "strong")
+    takes_weights = True
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
@@ -81,7 +86,12 @@ class MPL(Algorithm):
         t_loss = t_sup + uda_weight * consistency
         pseudo = t_us.detach().argmax(-1)
         student_learns = self.step >= self.wait_steps
-        if student_learns:
+        if student_learns and self.weights.active:
+            s_logits, s_feats = self.model(x_us)
+            ones = torch.ones_like(pseudo, dtype=torch.float32)
+            weight = self.weigh(ones, s_feats, s_logits, pseudo, batch.idx_u, torch.softmax(t_us.detach().float(), -1).max(-1).values)
+            s_loss = (weight * F.cross_entropy(s_logits.float(), pseudo, reduction="none")).mean()
+        elif student_learns:
             s_loss = F.cross_entropy(self.model(x_us)[0].float(), pseudo)
         else:  # no gradient reaches the student, so the optimiser leaves it exactly as it is
             s_loss = torch.zeros((), device=x_us.device, requires_grad=True)
@@ -94,6 +104,12 @@ class MPL(Algorithm):
         else:
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
         return StepOutput(loss=s_loss, logs=logs, pseudo_labels=pseudo)
+
+    def weight_spec(self) -> WeightSpec:
+        """The teacher's hard pseudo-labels (train mode, as it labels)."""
+        t = self.ctx.train_cfg
+        return dataclasses.replace(super().weight_spec(), labeller=lambda idx: labelling_logits(
+            self.teacher, True, idx, self.ctx.data, t.batch_size * max(1, t.uratio), self.ctx.autocast))
 
     def after_step(self) -> None:
         if self._teacher_step is not None:

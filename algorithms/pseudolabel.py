@@ -32,20 +32,23 @@ class PseudoLabel(Algorithm):
     Config = PseudoLabelConfig
     labelled_views = ("weak",)
     unlabelled_views = ("weak",)
+    takes_weights = True
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
         self.thresholder = Thresholder(cfg.threshold, ctx.num_classes)
 
-    def unsup_loss(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Masked cross-entropy of `logits` against their own detached, confident argmax."""
-        _, pseudo, mask = hard_pseudo_labels(logits, self.thresholder)
-        return masked_mean(F.cross_entropy(logits.float(), pseudo, reduction="none"), mask), pseudo, mask
+    def unsup_loss(self, logits: torch.Tensor, feats: torch.Tensor | None = None,
+                   idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masked (and weighted) cross-entropy of `logits` against their own detached, confident argmax."""
+        probs, pseudo, mask = hard_pseudo_labels(logits, self.thresholder)
+        weight = self.weigh(mask, feats, logits, pseudo, idx, probs.max(-1).values)
+        return masked_mean(F.cross_entropy(logits.float(), pseudo, reduction="none"), weight), pseudo, mask
 
     def train_step(self, batch: Batch) -> StepOutput:
-        (lx, _), (lu, _) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"])
+        (lx, _), (lu, fu) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"])
         sup = F.cross_entropy(lx.float(), batch.y_l)
-        unsup, pseudo, mask = self.unsup_loss(lu)
+        unsup, pseudo, mask = self.unsup_loss(lu, fu, batch.idx_u)
         weight = self.cfg.lambda_u * linear_rampup(self.step, self.cfg.rampup_fraction * self.ctx.total_steps)
         return StepOutput(
             loss=sup + weight * unsup,

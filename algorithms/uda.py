@@ -10,6 +10,7 @@ does not overfit them before the unlabelled signal arrives. The weak-view target
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from ssl_kd.components import forward_concat, masked_mean, sharpen
 from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import ANNEAL_SCHEDULES, anneal
 from ssl_kd.registry import register_algorithm
+from ssl_kd.weighting.spec import WeightSpec
 
 
 @dataclass
@@ -38,6 +40,7 @@ class UDA(Algorithm):
     Config = UDAConfig
     labelled_views = ("weak",)
     unlabelled_views = ("weak", "strong")
+    takes_weights = True
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
@@ -57,19 +60,29 @@ class UDA(Algorithm):
         keep = (correct_prob <= eta).float()
         return (ce * keep).sum() / keep.sum().clamp(min=1), eta
 
-    def unsup_loss(self, logits_weak: torch.Tensor, logits_strong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Masked KL from the sharpened, detached weak-view prediction to the strong-view one."""
+    def targets(self, logits: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The sharpened, detached prediction the strong view is pulled towards."""
+        return sharpen(torch.softmax(logits.detach().float(), dim=-1), self.cfg.temperature)
+
+    def unsup_loss(self, logits_weak: torch.Tensor, logits_strong: torch.Tensor, feats_strong: torch.Tensor | None = None,
+                   idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masked (and weighted) KL from the sharpened, detached weak-view prediction to the strong-view one."""
         probs = torch.softmax(logits_weak.detach().float(), dim=-1)
-        targets = sharpen(probs, self.cfg.temperature)
+        targets = self.targets(logits_weak)
         conf, pseudo = (targets if self.cfg.mask_sharpened else probs).max(-1)
         mask = (conf >= self.cfg.threshold).float()
         kl = (targets * (targets.clamp_min(1e-12).log() - F.log_softmax(logits_strong.float(), dim=-1))).sum(-1)
-        return masked_mean(kl, mask), pseudo, mask
+        weight = self.weigh(mask, feats_strong, logits_strong, targets, idx, conf)
+        return masked_mean(kl, weight), pseudo, mask
+
+    def weight_spec(self) -> WeightSpec:
+        """Soft targets: the sharpened prediction (KL to it has cross-entropy's gradient)."""
+        return dataclasses.replace(super().weight_spec(), targets=self.targets)
 
     def train_step(self, batch: Batch) -> StepOutput:
-        (lx, _), (luw, _), (lus, _) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"])
+        (lx, _), (luw, _), (lus, fus) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"])
         sup, eta = self.sup_loss(lx, batch.y_l)
-        unsup, pseudo, mask = self.unsup_loss(luw, lus)
+        unsup, pseudo, mask = self.unsup_loss(luw, lus, fus, batch.idx_u)
         logs = {"loss/sup": sup.detach(), "loss/unsup": unsup.detach()}
         if self.cfg.tsa != "none":
             logs["train/tsa_threshold"] = eta

@@ -15,6 +15,8 @@ from torch import nn
 
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError
+from ssl_kd.weighting.module import NoWeights
+from ssl_kd.weighting.spec import WeightRequest, WeightSpec, hard_targets, labelling_logits
 
 
 @dataclass
@@ -79,12 +81,16 @@ class Algorithm:
     unlabelled_views: ClassVar[tuple[str, ...]] = ()
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # data it can train on (e.g. image mixing: image only)
     name: ClassVar[str] = ""
+    takes_weights: ClassVar[bool] = False  # its loss has per-example terms that pass through `self.weights`
+    default_weights: ClassVar[str] = "none"  # the `weights.kind` it runs with unless told otherwise (kdaif: influence)
+    crossfit_ready: ClassVar[bool] = False  # its supervised loss honours weights.reference=crossfit (labelled_keep)
 
     def __init__(self, model: nn.Module, cfg: Any, ctx: Context) -> None:
         self.model = model
         self.cfg = cfg
         self.ctx = ctx
         self.step = 0  # set by the trainer before each train_step
+        self.weights: Any = NoWeights()  # the weighting module (ssl_kd.weighting); the trainer attaches the configured one
         check_modality(type(self), ctx.data, getattr(ctx.train_cfg, "algo", "") or type(self).__name__)
 
     @property
@@ -96,6 +102,27 @@ class Algorithm:
 
     def after_step(self) -> None:
         """Called by the trainer after the optimiser step (e.g. to update a teacher)."""
+
+    # ----- per-example weights (ssl_kd.weighting) ---------------------------------------------------
+    def weight_spec(self) -> WeightSpec:
+        """How the weighted terms' targets are made: by default the model's own hard pseudo-labels
+        of unlabelled images, made with batch statistics (FixMatch-style self-labelling)."""
+        from ssl_kd.teacher import plain_module  # the teacher side imports the trainer, which imports this module
+
+        student = plain_module(self.model)
+        t = self.ctx.train_cfg
+        chunk = t.batch_size * max(1, t.uratio)
+        return WeightSpec(student=student, pool="unlabelled", targets=hard_targets,
+                          labeller=lambda idx: labelling_logits(student, True, idx, self.ctx.data, chunk, self.ctx.autocast))
+
+    def weigh(self, mask: torch.Tensor, features: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+              idx: torch.Tensor | None, confidence: torch.Tensor | None = None) -> torch.Tensor:
+        """The multiplier of per-example terms: `mask` itself without weights, else the mask
+        combined with the weighting module's weights of these examples (detached)."""
+        if not self.weights.active:
+            return mask
+        assert idx is not None, "weighted terms need their dataset indices"
+        return self.weights.apply(mask, WeightRequest(features, logits, targets, idx, confidence))
 
     def eval_model(self) -> nn.Module | None:
         """An extra network to evaluate besides the model and its EMA (e.g. a teacher), or None."""

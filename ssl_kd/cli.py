@@ -77,7 +77,9 @@ def doc_line(obj: Any, width: int = 110) -> str:
 
 def list_registered() -> str:
     discover_all()
-    lines = ["algorithms:", *(f"  {n:<18} {doc_line(ALGORITHMS.get(n))}" for n in ALGORITHMS.names()), "datasets:"]
+    lines = ["algorithms ([w]: takes per-example weights, --set weights.kind=influence):",
+             *(f"  {n:<14} {'[w]' if ALGORITHMS.get(n).takes_weights else '   '} {doc_line(ALGORITHMS.get(n))}"
+               for n in ALGORITHMS.names()), "datasets:"]
     for name in DATASETS.names():
         fam = DATASETS.get(name)
         presets = ", ".join(f"{name}_{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{name}_{n}" for n in fam.presets)

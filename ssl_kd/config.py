@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ssl_kd.errors import ConfigError
+from ssl_kd.weighting.config import WeightsConfig, moved_key_error
 
 
 @dataclass
@@ -88,13 +89,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algo: Any = None  # the algorithm's own config dataclass instance
+    weights: WeightsConfig = field(default_factory=WeightsConfig)  # per-example loss weights (ssl_kd.weighting)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
             "algo": dataclasses.asdict(self.algo) if self.algo is not None else {},
+            "weights": dataclasses.asdict(self.weights),
         }
+
+
+SECTIONS = ("train", "data", "algo", "weights")
 
 
 def coerce(value: Any, typ: Any, key: str) -> Any:
@@ -157,6 +163,10 @@ def set_field(obj: Any, section: str, key: str, value: Any) -> None:
     if key not in types:
         import difflib
 
+        moved = moved_key_error(key) if section == "algo" else None
+        if moved is not None:
+            raise moved
+
         close = difflib.get_close_matches(key, list(types), n=1)
         hint = f" Did you mean {section}.{close[0]}?" if close else ""
         raise ConfigError(
@@ -168,10 +178,10 @@ def set_field(obj: Any, section: str, key: str, value: Any) -> None:
 def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
     """Apply a nested {section: {key: value}} mapping (a YAML file's content)."""
     if not isinstance(mapping, dict):
-        raise ConfigError(f"{origin}: expected a mapping of sections (train, data, algo), got {type(mapping).__name__}")
+        raise ConfigError(f"{origin}: expected a mapping of sections (train, data, algo, weights), got {type(mapping).__name__}")
     for section, values in mapping.items():
-        if section not in ("train", "data", "algo"):
-            raise ConfigError(f"{origin}: unknown section {section!r}; use train, data or algo")
+        if section not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section {section!r}; use train, data, algo or weights")
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: section {section!r} must be a mapping of key: value")
         for key, value in values.items():
@@ -185,8 +195,8 @@ def apply_set(cfg: Config, assignment: str) -> None:
     dotted, value = assignment.split("=", 1)
     section, _, key = dotted.strip().rpartition(".")
     section = section or "train"
-    if section not in ("train", "data", "algo"):
-        raise ConfigError(f"--set {assignment!r}: unknown section {section!r}; use train., data. or algo.")
+    if section not in SECTIONS:
+        raise ConfigError(f"--set {assignment!r}: unknown section {section!r}; use train., data., algo. or weights.")
     set_field(getattr(cfg, section), section, key, value.strip())
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ssl_kd.algorithm import Algorithm
-from ssl_kd.config import Config, DataConfig, TrainConfig, apply_mapping, apply_set, set_field
+from ssl_kd.config import SECTIONS, Config, DataConfig, TrainConfig, apply_mapping, apply_set, set_field
 from ssl_kd.data.build import build_dataset, parse_dataset_name
 from ssl_kd.data.paths import resolve_data_dir
 from ssl_kd.data.types import SSLData
@@ -19,6 +19,7 @@ from ssl_kd.nets.hf import hf_network
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
 from ssl_kd.text.hub import is_hf_name, parse_hf_name
 from ssl_kd.trainer.schedule import check_schedule
+from ssl_kd.weighting.config import MOVED_ALGO_KEYS
 
 
 def pick_device(name: str) -> torch.device:
@@ -54,6 +55,7 @@ def resolve_config(yaml_content: dict[str, Any], flags: dict[str, Any], sets: li
     family, _ = parse_dataset_name(probe.train.dataset)
 
     cfg = Config(train=TrainConfig(), data=DataConfig(), algo=algo_cls.Config())
+    cfg.weights.kind = algo_cls.default_weights  # kdaif: influence; a YAML file, a flag or --set may change it
     for key, value in DATASETS.get(family).protocol.items():
         set_field(cfg.train, "train", key, value)
     apply_mapping(cfg, yaml_content, "--config")
@@ -75,8 +77,9 @@ def validate(cfg: Config) -> None:
     for key in ("uratio", "warmup_steps", "save_every", "check_finite_every", "median_last"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
-    for section in ("train", "data", "algo"):
+    for section in SECTIONS:
         check_floats(getattr(cfg, section), section)
+    cfg.weights.check()
     if not t.lr > 0:
         raise ConfigError(f"train.lr must be a positive learning rate, got {t.lr}; e.g. --lr 0.03")
     if not 0.0 <= t.ema < 1.0:
@@ -141,6 +144,15 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config saved with Config.to_dict() (e.g. from a checkpoint)."""
     algo_cls = algorithm_class(d["train"]["algo"])
     cfg = Config(train=TrainConfig(), data=DataConfig(), algo=algo_cls.Config())
+    if "weights" not in d:  # saved before the weights section: kdaif's influence options were algo.* keys
+        cfg.weights.kind = algo_cls.default_weights
+        d = {**d, "algo": dict(d.get("algo") or {}), "weights": {}}
+        for old, new in MOVED_ALGO_KEYS.items():
+            if old in d["algo"] and not hasattr(cfg.algo, old):
+                d["weights"][new] = d["algo"].pop(old)
+        d["algo"].pop("gate", None)
+        if isinstance(d["weights"].get("relative"), bool):
+            d["weights"]["relative"] = "cosine" if d["weights"]["relative"] else "none"
     apply_mapping(cfg, {k: v for k, v in d.items() if v}, "checkpoint config")
     return cfg
 

@@ -12,16 +12,18 @@ from typing import Any
 
 
 class OccasionalWork:
-    """Times the calls of an algorithm's occasional methods (KD-AIF's influence refresh) inside steps."""
+    """Times the calls of an algorithm's weighting module's occasional methods (the influence
+    refresh, its reference batch and the static fit) inside steps."""
 
     METHODS = (("", "reference_batch"), ("", "fit_static"), ("weighter", "refresh"))
 
     def __init__(self, algorithm: object) -> None:
         self.seconds = 0.0
         self.depth = 0  # fit_static calls reference_batch: time only the outermost call
-        self.period = refresh_period(algorithm)
+        module = getattr(algorithm, "weights", None)
+        self.period = refresh_period(module)
         for owner_name, method in self.METHODS:
-            owner = getattr(algorithm, owner_name, None) if owner_name else algorithm
+            owner = getattr(module, owner_name, None) if owner_name else module
             if owner is not None and hasattr(owner, method):
                 setattr(owner, method, self.timed(getattr(owner, method)))
 
@@ -42,9 +44,9 @@ class OccasionalWork:
         return seconds
 
 
-def refresh_period(algorithm: object) -> int:
-    """Steps between an algorithm's influence refreshes (1: every step; large: once a run)."""
-    weighter = getattr(algorithm, "weighter", None)
+def refresh_period(module: object) -> int:
+    """Steps between a weighting module's influence refreshes (1: every step; large: once a run)."""
+    weighter = getattr(module, "weighter", None)
     cfg = getattr(weighter, "cfg", None)
     schedule = getattr(cfg, "schedule", "")
     if schedule == "periodic":

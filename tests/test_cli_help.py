@@ -23,8 +23,8 @@ def test_help_states_each_default_once_and_every_option_has_help():
 
 def test_list_describes_algorithms_and_networks():
     text = list_registered()
-    assert re.search(r"^\s+fixmatch\s+FixMatch \(Sohn", text, re.M)
-    assert re.search(r"^\s+supervised\s+Supervised baseline", text, re.M)
+    assert re.search(r"^\s+fixmatch\s+\[w\]\s+FixMatch \(Sohn", text, re.M)  # takes per-example weights
+    assert re.search(r"^\s+supervised\s+Supervised baseline", text, re.M)  # has no terms to weight
     assert re.search(r"^\s+wrn28_2\s+Wide ResNet", text, re.M)
 
 

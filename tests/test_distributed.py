@@ -79,7 +79,7 @@ def rank_spread(t):
 @register_algorithm("kdaif_ranks")
 class KDAIFRanks(KDAIF):
     def eval_metrics(self):
-        w = self.weighter
+        w = self.weights.weighter
         teacher = torch.cat([p.reshape(-1) for p in self.teacher.parameters()])
         return {**super().eval_metrics(), "rank_spread/teacher": rank_spread(teacher),
                 "rank_spread/solution": rank_spread(w.solution), "rank_spread/acc_sum": rank_spread(w.acc_sum)}
@@ -87,8 +87,8 @@ class KDAIFRanks(KDAIF):
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
 FLEX = ["--net", "nobn_net", "--set", "train.lr=0.1", "--set", "train.cosine_cycles=0", "--set", "algo.threshold=0"]
 # KD-AIF with a teacher trained by its own optimiser: 1 warm-up step, solves at steps 1 and 3
-KDAIF = ["--net", "nobn_net", "--set", "algo.teacher_warmup=0.25", "--set", "algo.weight_warmup=0.25",
-         "--set", "algo.refresh_every=2", "--set", "algo.uda_threshold=0"]
+KDAIF = ["--net", "nobn_net", "--set", "algo.teacher_warmup=0.25", "--set", "weights.warmup=0.25",
+         "--set", "weights.refresh_every=2", "--set", "algo.uda_threshold=0"]
 
 
 def _plugin(tmp: Path) -> Path:
@@ -203,14 +203,14 @@ def test_kdaif_with_a_trained_teacher_matches_one_process_and_agrees_across_rank
     one = _train(tmp_path, "one", 1, "kdaif_ranks", 4, *KDAIF, "--set", f"algo.teacher_update={update}")
     two = _train(tmp_path, "two", 2, "kdaif_ranks", 4, *KDAIF, "--set", f"algo.teacher_update={update}")
     _assert_close_state(two, one)
-    algo_one, algo_two = one["algorithm"], two["algorithm"]  # teacher, its optimiser, weighter
+    algo_one, algo_two = one["algorithm"], two["algorithm"]  # teacher, its optimiser
     assert algo_two["feedback_baseline"].item() == pytest.approx(algo_one["feedback_baseline"].item(), abs=1e-6)
     momentum = [{i: s["momentum_buffer"] for i, s in run["teacher_opt"]["optimizer"]["state"].items()}
                 for run in (algo_two, algo_one)]
     _assert_close(*momentum, "teacher momentum")
     _assert_close(algo_two["teacher"], algo_one["teacher"], "teacher")
     weighter = ("solution", "previous", "reference", "acc_sum", "acc_count")
-    _assert_close({k: algo_two["weighter"][k] for k in weighter}, algo_one["weighter"], "weighter")
+    _assert_close({k: two["weights"]["weighter"][k] for k in weighter}, one["weights"]["weighter"], "weighter")
     row = _metrics(tmp_path / "two")[-1]
     assert row["rank_spread/teacher"] == row["rank_spread/solution"] == row["rank_spread/acc_sum"] == 0.0
     _assert_same_metrics(row, _metrics(tmp_path / "one")[-1])

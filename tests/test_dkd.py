@@ -97,9 +97,9 @@ def test_dkdaif_with_unit_weights_equals_dkd(tmp_path, teacher_ckpt):
     extra = ("--dataset", "digits", "--teacher-ckpt", str(teacher_ckpt), "--set", "algo.dkd_warmup=0.3")
     dkd = make_trainer(tmp_path / "dkd", "dkd", 3, *extra)
     dkd_outs = run_steps(dkd, 3)
-    aif = make_trainer(tmp_path / "aif", "dkdaif", 3, *extra, "--set", "algo.weight_warmup=0")
-    assert isinstance(aif.algorithm.weighter, LossWeighter)
-    aif.algorithm.weighter.weights = lambda feats, *args, **kwargs: torch.ones(feats.shape[0])
+    aif = make_trainer(tmp_path / "aif", "dkdaif", 3, *extra, "--set", "weights.warmup=0")
+    assert isinstance(aif.algorithm.weights.weighter, LossWeighter)
+    aif.algorithm.weights.weighter.weights = lambda feats, *args, **kwargs: torch.ones(feats.shape[0])
     for a, b in zip(dkd_outs, run_steps(aif, 3)):
         assert torch.equal(a.loss, b.loss)
         assert all(torch.equal(a.logs[k], b.logs[k]) for k in ("loss/sup", "loss/tckd", "loss/nckd"))
@@ -108,7 +108,7 @@ def test_dkdaif_with_unit_weights_equals_dkd(tmp_path, teacher_ckpt):
 
 def test_dkdaif_weights_use_the_dkd_gradient(tmp_path, teacher_ckpt):
     trainer = make_trainer(tmp_path, "dkdaif", 2, "--dataset", "digits", "--teacher-ckpt", str(teacher_ckpt),
-                           "--set", "algo.weight_warmup=0", "--set", "algo.dkd_warmup=0")
+                           "--set", "weights.warmup=0", "--set", "algo.dkd_warmup=0")
     logs, out = trainer.train_one_step()
     w = out.histograms["weight/labelled"]
     assert torch.isfinite(out.loss) and w.std() > 0 and not w.requires_grad
@@ -117,7 +117,7 @@ def test_dkdaif_weights_use_the_dkd_gradient(tmp_path, teacher_ckpt):
     targets = pack_targets(torch.softmax(torch.randn(3, 10), -1), torch.tensor([1, 2, 3]))
     z = logits.clone().requires_grad_(True)
     algo.kd_mode_loss(z, targets[:, :-1], targets[:, -1].long())[0][1].backward()  # example 1's loss alone
-    assert torch.allclose(algo.weighter.logit_gradients(logits, targets)[1], z.grad[1], atol=1e-6)
+    assert torch.allclose(algo.weights.weighter.logit_gradients(logits, targets)[1], z.grad[1], atol=1e-6)
 
 
 def test_dkd_needs_kd_mode(tmp_path):
@@ -138,7 +138,7 @@ def test_teacher_weight_logs_split_by_teacher_correctness_and_class():
 
 def test_kdaif_logs_weights_where_the_teacher_is_wrong(tmp_path, teacher_ckpt):
     trainer = make_trainer(tmp_path, "dkdaif", 2, "--dataset", "digits", "--teacher-ckpt", str(teacher_ckpt),
-                           "--set", "algo.weight_warmup=0")
+                           "--set", "weights.warmup=0")
     logs, _ = trainer.train_one_step()
     right = float(logs["train/teacher_batch_acc"]) / 100
     mixed = right * float(logs.get("weight/teacher_right_mean", 0)) + (1 - right) * float(logs.get("weight/teacher_wrong_mean", 0))

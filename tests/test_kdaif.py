@@ -31,8 +31,8 @@ def kd_mode(ckpt: Path, *extra: str) -> tuple[str, ...]:
 # ----- both modes train, weights are well-formed --------------------------------------------------
 
 def test_ssl_mode_weights_detached_bounded_and_logged(tmp_path):
-    trainer = make_trainer(tmp_path, "kdaif", 3, "--set", "algo.teacher_warmup=0", "--set", "algo.weight_warmup=0",
-                           "--set", "algo.threshold=0", "--set", "algo.max_weight=3")
+    trainer = make_trainer(tmp_path, "kdaif", 3, "--set", "algo.teacher_warmup=0", "--set", "weights.warmup=0",
+                           "--set", "algo.threshold=0", "--set", "weights.max_weight=3")
     assert trainer.algorithm.mode == "ssl"
     logs, out = trainer.train_one_step()
     w = out.weights
@@ -46,7 +46,7 @@ def test_ssl_mode_weights_detached_bounded_and_logged(tmp_path):
 
 
 def test_kd_mode_trains_and_weights_every_labelled_example(tmp_path, teacher_ckpt):
-    trainer = make_trainer(tmp_path, "kdaif", 3, *kd_mode(teacher_ckpt, "--set", "algo.weight_warmup=0"))
+    trainer = make_trainer(tmp_path, "kdaif", 3, *kd_mode(teacher_ckpt, "--set", "weights.warmup=0"))
     algo = trainer.algorithm
     assert algo.mode == "kd" and algo.update == "frozen" and trainer.unlabelled is None
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -65,8 +65,8 @@ def test_ssl_kdaif_with_unit_weights_equals_kd(tmp_path, update):
     extra = ("--set", f"algo.teacher_update={update}", "--set", "algo.teacher_warmup=0.25", "--set", "algo.threshold=0.5")
     kd = make_trainer(tmp_path / "kd", "kd", 4, *extra)
     kd_outs = run_steps(kd, 4)  # each trainer seeds the global RNG when built: build, then run
-    kdaif = make_trainer(tmp_path / "kdaif", "kdaif", 4, *extra, "--set", "algo.weight_warmup=0")
-    kdaif.algorithm.weighter.weights = lambda feats, *args, **kwargs: torch.ones(feats.shape[0])
+    kdaif = make_trainer(tmp_path / "kdaif", "kdaif", 4, *extra, "--set", "weights.warmup=0")
+    kdaif.algorithm.weights.weighter.weights = lambda feats, *args, **kwargs: torch.ones(feats.shape[0])
     for a, b in zip(kd_outs, run_steps(kdaif, 4)):
         assert torch.equal(a.loss, b.loss)
         for key in ("loss/sup", "loss/unsup", "loss/teacher"):
@@ -79,8 +79,8 @@ def test_kd_mode_kdaif_with_unit_weights_equals_kd(tmp_path, teacher_ckpt):
     extra = kd_mode(teacher_ckpt, "--set", "algo.tau=4", "--set", "algo.alpha=0.7")
     kd = make_trainer(tmp_path / "kd", "kd", 3, *extra)
     kd_outs = run_steps(kd, 3)
-    kdaif = make_trainer(tmp_path / "kdaif", "kdaif", 3, *extra, "--set", "algo.weight_warmup=0")
-    kdaif.algorithm.weighter.weights = lambda feats, *args, **kwargs: torch.ones(feats.shape[0])
+    kdaif = make_trainer(tmp_path / "kdaif", "kdaif", 3, *extra, "--set", "weights.warmup=0")
+    kdaif.algorithm.weights.weighter.weights = lambda feats, *args, **kwargs: torch.ones(feats.shape[0])
     for a, b in zip(kd_outs, run_steps(kdaif, 3)):
         assert torch.equal(a.loss, b.loss) and torch.equal(a.logs["loss/distill"], b.logs["loss/distill"])
 
@@ -90,7 +90,7 @@ def test_kd_mode_kdaif_with_unit_weights_equals_kd(tmp_path, teacher_ckpt):
 @pytest.mark.parametrize("update", UPDATES)
 def test_teacher_gradients_only_when_the_teacher_is_trained(tmp_path, update):
     trainer = make_trainer(tmp_path, "kdaif", 4, "--set", f"algo.teacher_update={update}", "--set", "algo.teacher_warmup=0.25",
-                           "--set", "algo.threshold=0", "--set", "algo.weight_warmup=0")
+                           "--set", "algo.threshold=0", "--set", "weights.warmup=0")
     algo = trainer.algorithm
     run_steps(trainer, 2)  # one warm-up step, then one distillation step
     teacher_grads = [p.grad for p in algo.teacher.parameters()]
@@ -127,15 +127,15 @@ def test_ssl_teacher_warmup_trains_the_teacher_then_freezes_it(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["static", "periodic", "online"])
 def test_every_weight_schedule_runs(tmp_path, schedule):
-    trainer = make_trainer(tmp_path, "kdaif", 4, "--set", f"algo.schedule={schedule}", "--set", "algo.weight_warmup=0.25",
-                           "--set", "algo.teacher_warmup=0", "--set", "algo.refresh_every=2", "--set", "algo.threshold=0")
+    trainer = make_trainer(tmp_path, "kdaif", 4, "--set", f"weights.schedule={schedule}", "--set", "weights.warmup=0.25",
+                           "--set", "algo.teacher_warmup=0", "--set", "weights.refresh_every=2", "--set", "algo.threshold=0")
     outs = run_steps(trainer, 4)
     assert torch.equal(outs[0].weights, torch.ones(16))  # weight warm-up
     assert all(torch.isfinite(o.loss) and o.weights.std() > 0 for o in outs[1:])
     if schedule == "static":
-        assert trainer.algorithm.weighter.table is not None
+        assert trainer.algorithm.weights.weighter.table is not None
     else:
-        assert trainer.algorithm.weighter.last_refresh == {"online": 3, "periodic": 3}[schedule]
+        assert trainer.algorithm.weights.weighter.last_refresh == {"online": 3, "periodic": 3}[schedule]
 
 
 def test_kd_mode_weights_find_flipped_labels(tmp_path, run_cli):
@@ -144,7 +144,7 @@ def test_kd_mode_weights_find_flipped_labels(tmp_path, run_cli):
     teacher = tmp_path / "teacher"
     assert train_main(quick_args(teacher, "supervised", 30, "--dataset", "digits")) == 0
     out = tmp_path / "run"
-    code, _ = run_cli(quick_args(out, "kdaif", 10, *kd_mode(teacher, "--set", "algo.weight_warmup=0", "--set", "data.label_noise=0.3",
+    code, _ = run_cli(quick_args(out, "kdaif", 10, *kd_mode(teacher, "--set", "weights.warmup=0", "--set", "data.label_noise=0.3",
                                                              "--set", "data.val_per_class=5")))
     assert code == 0
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -152,24 +152,24 @@ def test_kd_mode_weights_find_flipped_labels(tmp_path, run_cli):
 
 
 def test_static_schedule_needs_a_weight_warmup(tmp_path):
-    with pytest.raises(ConfigError, match="weight_warmup"):
-        make_trainer(tmp_path, "kdaif", 2, "--set", "algo.schedule=static", "--set", "algo.weight_warmup=0")
+    with pytest.raises(ConfigError, match="weights.warmup"):
+        make_trainer(tmp_path, "kdaif", 2, "--set", "weights.schedule=static", "--set", "weights.warmup=0")
 
 
 # ----- resume -------------------------------------------------------------------------------------------
 
 RESUME_CASES = {
-    "weighted_ce": ("algo.teacher_update=weighted_ce", "algo.weight_warmup=0.15", "algo.threshold=0.3", "algo.weight_ema=0.5"),
-    "mpl": ("algo.teacher_update=mpl", "algo.weight_warmup=0.15", "algo.threshold=0.3", "algo.weight_ema=0.5"),
-    "feedback_crossfit_gate": ("algo.teacher_update=feedback", "algo.weight_warmup=0.3", "algo.reference=crossfit",
-                               "algo.gate=0.5"),
+    "weighted_ce": ("algo.teacher_update=weighted_ce", "weights.warmup=0.15", "algo.threshold=0.3", "weights.ema=0.5"),
+    "mpl": ("algo.teacher_update=mpl", "weights.warmup=0.15", "algo.threshold=0.3", "weights.ema=0.5"),
+    "feedback_crossfit_gate": ("algo.teacher_update=feedback", "weights.warmup=0.3", "weights.reference=crossfit",
+                               "algo.threshold=0.5", "weights.combine=gate"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
 def test_resume_is_exact(tmp_path, case):
     """Every state resumes: teachers and their optimisers, solves, scales, accumulated scores, folds."""
-    sets = ("algo.teacher_warmup=0.15", "algo.refresh_every=2", *RESUME_CASES[case])
+    sets = ("algo.teacher_warmup=0.15", "weights.refresh_every=2", *RESUME_CASES[case])
     extra = tuple(arg for s in sets for arg in ("--set", s))
     first = make_trainer(tmp_path, "kdaif", 7, *extra)
     run_steps(first, 3)
@@ -217,7 +217,7 @@ def test_config_errors(tmp_path, teacher_ckpt):
     with pytest.raises(ConfigError, match="averages the student"):
         make_trainer(tmp_path, "kd", 2, "--teacher-net", "cnn_small", "--set", "algo.teacher_update=ema")
     with pytest.raises(ConfigError, match="val_per_class"):
-        make_trainer(tmp_path, "kdaif", 2, "--set", "algo.reference=val")
+        make_trainer(tmp_path, "kdaif", 2, "--set", "weights.reference=val")
 
 
 # ----- tools/ablate.py -----------------------------------------------------------------------------------

@@ -13,49 +13,56 @@ from ssl_kd.influence import InfluenceConfig, InfluenceWeighter
 from ssl_kd.influence.diagnostics import roc_auc, weight_diagnostics
 from ssl_kd.influence.head import HeadCurvature, HeadLoss, mean_grad, per_example_grads
 from ssl_kd.influence.solve import solve_head
+from ssl_kd.weighting.spec import WeightRequest
 from tests.conftest import make_trainer, quick_args, run_steps
 
-ACTIVE = ("--set", "algo.teacher_warmup=0", "--set", "algo.weight_warmup=0", "--set", "algo.threshold=0")
+ACTIVE = ("--set", "algo.teacher_warmup=0", "--set", "weights.warmup=0", "--set", "algo.threshold=0")
 
 
-def unlabelled_inputs(trainer, seed: int):
-    """Random 'loss forward' features/logits for the first unlabelled batch, and its targets."""
+def unlabelled_inputs(trainer, seed: int, confidence=None):
+    """A weight request with random 'loss forward' features/logits for the first unlabelled batch."""
     gen = torch.Generator().manual_seed(seed)
     idx = trainer.data.unlabelled_idx[:16]
     feats = torch.randn(16, trainer.algorithm.student.head.in_features, generator=gen)
     logits = torch.randn(16, trainer.data.num_classes, generator=gen)
-    return feats, logits, trainer.data.train_y[idx], idx
+    return WeightRequest(feats, logits, trainer.data.train_y[idx], idx, confidence)
+
+
+def weights_of(algo, request, mask=None):
+    """What the algorithm's weighting module applies to `request` under `mask` (all ones by default)."""
+    return algo.weights.apply(torch.ones(request.idx.numel()) if mask is None else mask, request)
 
 
 def test_clean_scoring_ignores_the_strong_view_and_strong_scoring_does_not(tmp_path):
-    single = ("--set", "algo.accumulate=false")  # one visit's score, not a running mean
+    single = ("--set", "weights.accumulate=false")  # one visit's score, not a running mean
     trainer = make_trainer(tmp_path / "clean", "kdaif", 4, *ACTIVE, *single)
-    algo, conf = trainer.algorithm, torch.full((16,), 0.5)
-    first = algo.unlabelled_weights(*unlabelled_inputs(trainer, 0), conf)  # refreshes, sets the scale
-    again = algo.unlabelled_weights(*unlabelled_inputs(trainer, 1), conf)
+    algo = trainer.algorithm
+    first = weights_of(algo, unlabelled_inputs(trainer, 0))  # refreshes, sets the scale
+    again = weights_of(algo, unlabelled_inputs(trainer, 1))
     torch.testing.assert_close(first, again)  # the example's clean image is scored, not the loss's view
-    strong = make_trainer(tmp_path / "strong", "kdaif", 4, *ACTIVE, *single, "--set", "algo.score_view=strong").algorithm
-    a = strong.unlabelled_weights(*unlabelled_inputs(trainer, 0), conf)
-    assert not torch.allclose(a, strong.unlabelled_weights(*unlabelled_inputs(trainer, 1), conf))
+    strong = make_trainer(tmp_path / "strong", "kdaif", 4, *ACTIVE, *single, "--set", "weights.score_view=strong").algorithm
+    a = weights_of(strong, unlabelled_inputs(trainer, 0))
+    assert not torch.allclose(a, weights_of(strong, unlabelled_inputs(trainer, 1)))
 
 
 def test_crossfit_folds_rotate_out_of_the_labelled_loss_and_into_the_reference(tmp_path):
-    trainer = make_trainer(tmp_path, "kdaif", 40, "--set", "algo.teacher_warmup=0", "--set", "algo.weight_warmup=0.25",
-                           "--set", "algo.reference=crossfit", "--set", "algo.folds=3", "--set", "algo.refresh_every=5")
+    trainer = make_trainer(tmp_path, "kdaif", 40, "--set", "algo.teacher_warmup=0", "--set", "weights.warmup=0.25",
+                           "--set", "weights.reference=crossfit", "--set", "weights.folds=3", "--set", "weights.refresh_every=5")
     algo, data = trainer.algorithm, trainer.data
-    folds = algo.fold_of[data.labelled_idx]
+    module = algo.weights
+    folds = module.fold_of[data.labelled_idx]
     assert sorted(folds.bincount().tolist()) == [10, 10, 10]
     for c in range(10):  # class-balanced: each class's three labels land in three folds
         assert sorted(folds[data.train_y[data.labelled_idx] == c].tolist()) == [0, 1, 2]
     # warm-up ends at step 10; the fold held out in steps 5-9 is the reference of the solve at 10, and so on
-    assert [algo.held_out_fold(s) for s in (0, 4, 5, 9, 10, 14, 15, 20)] == [None, None, 0, 0, 1, 1, 2, 0]
+    assert [module.held_out_fold(s) for s in (0, 4, 5, 9, 10, 14, 15, 20)] == [None, None, 0, 0, 1, 1, 2, 0]
     algo.step = 12
-    _, ref_y = algo.reference_batch()
+    _, ref_y = module.reference_batch()
     assert ref_y.numel() == 10 and torch.equal(ref_y.sort().values, data.train_y[data.labelled_idx[folds == 0]].sort().values)
     idx = data.labelled_idx[:12]
     logits = torch.randn(12, 10)
     ce = F.cross_entropy(logits, data.train_y[idx], reduction="none")
-    keep = algo.fold_of[idx] != 1  # step 12 holds out fold 1
+    keep = module.fold_of[idx] != 1  # step 12 holds out fold 1
     torch.testing.assert_close(algo.labelled_loss(logits, data.train_y[idx], idx), ce[keep].mean())
 
 
@@ -84,9 +91,10 @@ def test_reference_temperature_tempers_the_validation_gradient():
 
 
 def test_gate_keeps_confident_pseudo_labels_at_one_and_admits_the_rest_by_influence(tmp_path):
-    trainer = make_trainer(tmp_path, "kdaif", 4, *ACTIVE, "--set", "algo.gate=0.8")
+    trainer = make_trainer(tmp_path, "kdaif", 4, *ACTIVE, "--set", "weights.combine=gate")
     conf = torch.linspace(0.3, 1.0, 16)
-    w = trainer.algorithm.unlabelled_weights(*unlabelled_inputs(trainer, 0), conf)
+    mask = (conf >= 0.8).float()  # the algorithm's own confidence mask (algo.threshold=0.8)
+    w = weights_of(trainer.algorithm, unlabelled_inputs(trainer, 0, conf), mask)
     assert torch.equal(w[conf >= 0.8], torch.ones(int((conf >= 0.8).sum())))
     low = w[conf < 0.8]
     assert low.max() <= 1 and low.min() >= 0 and low.std() > 0
@@ -123,8 +131,8 @@ def test_diagnostics_auc_and_means_on_a_known_case():
 
 def test_probe_diagnostics_are_recorded_at_evaluations(tmp_path, run_cli):
     out = tmp_path / "run"
-    code, _ = run_cli(quick_args(out, "kdaif", 6, *ACTIVE, "--eval-every", "3", "--set", "algo.refresh_every=2",
-                                 "--set", "algo.probe_size=64"))
+    code, _ = run_cli(quick_args(out, "kdaif", 6, *ACTIVE, "--eval-every", "3", "--set", "weights.refresh_every=2",
+                                 "--set", "weights.probe_size=64"))
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]

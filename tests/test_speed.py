@@ -80,7 +80,7 @@ def test_occasional_work_times_refreshes_once_even_when_nested(monkeypatch) -> N
         def refresh(self) -> None:
             work(2.0)
 
-    class Algo:
+    class Module:
         weighter = Weighter()
 
         def reference_batch(self) -> None:
@@ -90,14 +90,14 @@ def test_occasional_work_times_refreshes_once_even_when_nested(monkeypatch) -> N
             work(1.0)
             self.reference_batch()
 
-    algo = Algo()
+    algo = SimpleNamespace(weights=Module())
     occasional = OccasionalWork(algo)
     assert occasional.period == 25
-    algo.weighter.refresh()
+    algo.weights.weighter.refresh()
     work(7.0)  # outside any timed method
     assert occasional.take() == 2.0
     assert occasional.take() == 0.0
-    algo.fit_static()
+    algo.weights.fit_static()
     assert occasional.take() == 4.0, "the nested reference_batch was counted twice"
     assert OccasionalWork(SimpleNamespace()).period > 10**6
 

@@ -48,7 +48,7 @@ def test_every_algorithm_trains_on_text_in_ssl_mode(tmp_path, text_env, algo):
 @pytest.mark.parametrize("algo", TEACHER_ALGOS)
 def test_teacher_student_algorithms_train_on_text_in_kd_mode(tmp_path, text_env, text_teacher, algo):
     trainer = make_text_trainer(text_env, tmp_path, algo, 2, "sst2", "--teacher-ckpt", str(text_teacher),
-                                "--set", "algo.weight_warmup=0" if algo == "kdaif" else "algo.tau=1")
+                                "--set", "weights.warmup=0" if algo == "kdaif" else "algo.tau=1")
     assert trainer.algorithm.mode == "kd" and not trainer.data.has_unlabelled
     assert params_changed(trainer, 2)
 

@@ -35,7 +35,7 @@ def variants(ssl: bool, updates: list[str], schedules: list[str], references: bo
     for update in updates:
         for schedule in schedules:
             rows.append(Variant(f"kdaif_{update}_{schedule}", ["--algo", "kdaif", *teacher, "--set", f"algo.teacher_update={update}",
-                                                               "--set", f"algo.schedule={schedule}"]))
+                                                               "--set", f"weights.schedule={schedule}"]))
     for spec in extra:
         label, sep, args = spec.partition("=")
         if not sep or not label:

@@ -25,7 +25,8 @@ from ssl_kd.errors import ConfigError
 from ssl_kd.influence.errors import InfluenceError
 from ssl_kd.influence.head import HeadCurvature, HeadLoss, logit_grads, mean_grad
 from ssl_kd.influence.solve import SOLVERS, SolveOptions, default_damping, solve_head
-from ssl_kd.influence.weights import WEIGHT_MAPS, finalise, map_scores, robust_spread
+from ssl_kd.influence.weights import (WEIGHT_MAPS, finalise, map_scores, quantile_admission, robust_spread,
+                                     threshold_admission)
 
 SCHEDULES = ("static", "periodic", "online")
 
@@ -37,7 +38,7 @@ class InfluenceConfig:
     schedule: str = "periodic"  # static (one table from a trained model) | periodic | online (every step)
     refresh_every: int = 500  # periodic: steps between solves
     warmup_steps: int = 0  # weights are 1 before this step (the early model's influence is noise)
-    weight_map: str = "sigmoid"  # sigmoid | exp_minmax
+    weight_map: str = "sigmoid"  # sigmoid | exp_minmax | quantile | labelled_threshold (the last two: 0 or 1)
     temperature: float = 1.0  # sigmoid: T = temperature * robust std (1.4826 MAD) of the solve's reference scores
     renormalise: bool = True  # rescale to mean 1 over the batch
     min_weight: float = 0.0
@@ -58,6 +59,8 @@ class InfluenceConfig:
     tau_squared: bool = True  # the weighted loss carries the tau^2 factor of distillation
     index_size: int = 0  # size of the per-index tables (the dataset's); 0: grown to the largest index seen, read back per call
     check_lookups: bool = True  # static: check that each looked-up index was scored (a host readback per call)
+    drop: float = 0.2  # quantile: share of each batch dropped; labelled_threshold: share of the reference's own scores above the threshold
+    per_class: bool = False  # quantile: the share is dropped within each target class
 
     def __post_init__(self) -> None:
         for key, value, choices in (
@@ -103,7 +106,7 @@ def _extended(table: Tensor | None, size: int, fill: float | bool, device: torch
 
 
 STATE_KEYS = ("solution", "previous", "damping", "last_refresh", "reference", "smoothed", "seen", "acc_sum",
-              "acc_count", "acc_key", "static_logits", "static_proj")
+              "acc_count", "acc_key", "static_logits", "static_proj", "reference_own")
 
 
 class InfluenceWeighter:
@@ -123,6 +126,7 @@ class InfluenceWeighter:
         self.acc_key: Tensor | None = None
         self.static_logits: Tensor | None = None  # static: per-index logits and projections of the scored model
         self.static_proj: Tensor | None = None
+        self.reference_own: Tensor | None = None  # the reference examples' own scores against their labels (labelled_threshold)
         self.stats: dict[str, Tensor] = {}  # detached scalars of the last weights() call, for logging
 
     @property
@@ -158,6 +162,10 @@ class InfluenceWeighter:
         self.damping = damping
         self.last_refresh = step
         self.reference = None
+        if self.cfg.weight_map == "labelled_threshold":  # plain cross-entropy on their labels, whatever the weighted loss
+            ref_logits = head_logits(head, val_features, torch.float32)
+            self.reference_own = self._scored(logit_grads(ref_logits, val_labels, self.cfg.loss),
+                                              self.projection(val_features, for_scores=True))
 
     @torch.no_grad()
     def scores(self, features: Tensor, logits: Tensor, targets: Tensor, solution: Tensor | None = None) -> Tensor:
@@ -219,9 +227,10 @@ class InfluenceWeighter:
             self.reference = s.detach().clone()
         spread = robust_spread(self.reference)
         z = s / spread
+        keys = self.target_keys(targets)
         if self.cfg.accumulate:
-            z = self._accumulate(idx, z, self.target_keys(targets))
-        w = self._map(z)
+            z = self._accumulate(idx, z, keys)
+        w = self._map(z, keys, logits.shape[1])
         self.stats = {"influence/score_mean": z.mean(), "influence/score_std": z.std(correction=0),
                       "influence/scale": spread}
         if self.cfg.ema > 0:
@@ -230,10 +239,17 @@ class InfluenceWeighter:
         self.stats.update({"influence/weight_min": w.min(), "influence/weight_max": w.max()})
         return w
 
-    def _map(self, z: Tensor) -> Tensor:
+    def _map(self, z: Tensor, keys: Tensor, num_classes: int) -> Tensor:
         """The weight map of normalised scores z (scores over this solve's reference spread)."""
         assert self.reference is not None
-        return map_scores(z, self.reference / robust_spread(self.reference), self.cfg.weight_map, self.cfg.temperature)
+        spread = robust_spread(self.reference)
+        if self.cfg.weight_map == "quantile":
+            return quantile_admission(z, keys if self.cfg.per_class else None, self.cfg.drop, num_classes)
+        if self.cfg.weight_map == "labelled_threshold":
+            if self.reference_own is None:
+                raise InfluenceError("labelled_threshold needs the reference's own scores: refresh() first")
+            return threshold_admission(z, self.reference_own.to(z.device) / spread, self.cfg.drop)
+        return map_scores(z, self.reference / spread, self.cfg.weight_map, self.cfg.temperature)
 
     @torch.no_grad()
     def preview(self, scores: Tensor, targets: Tensor, idx: Tensor) -> Tensor:
@@ -247,7 +263,7 @@ class InfluenceWeighter:
             assert self.acc_count is not None and self.acc_key is not None
             known = (self.acc_key[idx] == self.target_keys(targets).float()) & (self.acc_count[idx] > 0)
             z = torch.where(known, self.acc_sum[idx] / (self.acc_count[idx] + self.cfg.accumulate_prior), z)
-        return self._map(z)
+        return self._map(z, self.target_keys(targets), self.solution.shape[0] if self.solution is not None else 1)
 
     @torch.no_grad()
     def fit_static(

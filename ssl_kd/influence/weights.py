@@ -7,6 +7,7 @@ transfer between runs.
   absolute deviation as a standard deviation, robust to the heavy tails influence scores have);
   I = 0 gives 0.5.
 - `exp_minmax`: w = exp(minmax_[-1,1](-I)) with min and max of reference scores, in [1/e, e].
+- `quantile` and `labelled_threshold` say no: weight 0 or 1 (`quantile_admission`, `threshold_admission`).
 
 The reference scores belong to one solve (the weighter takes them from the first batch scored after
 each refresh, or the whole pool for the static table), so a temperature means the same thing for
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 
-WEIGHT_MAPS = ("sigmoid", "exp_minmax")
+WEIGHT_MAPS = ("sigmoid", "exp_minmax", "quantile", "labelled_threshold")
 
 
 MAD_TO_STD = 1.4826  # MAD times this estimates the standard deviation of normal data
@@ -50,6 +51,25 @@ def map_scores(scores: Tensor, reference: Tensor, weight_map: str, temperature: 
     if weight_map == "sigmoid":
         return sigmoid_weights(scores, reference, temperature)
     return exp_minmax_weights(scores, reference)
+
+
+def quantile_admission(z: Tensor, keys: Tensor | None, drop: float, num_classes: int) -> Tensor:
+    """1 for each example below the (1 - drop) quantile of the batch's scores z (low scores help),
+    0 for the least helpful share `drop`; with `keys`, the quantile is taken within each key
+    (target class). Computed without a host read-back (nanquantile over a (classes, batch) table)."""
+    z = z.detach().float()
+    if keys is None:
+        return (z <= torch.quantile(z, 1.0 - drop)).float()
+    table = torch.full((num_classes, z.numel()), float("nan"), device=z.device)
+    table[keys, torch.arange(z.numel(), device=z.device)] = z
+    limits = torch.nanquantile(table, 1.0 - drop, dim=1)
+    return (z <= limits[keys]).float()
+
+
+def threshold_admission(z: Tensor, reference_own: Tensor, drop: float) -> Tensor:
+    """1 for each example scoring at most the (1 - drop) quantile of the reference examples' own
+    scores (as helpful as most labelled examples are to their own set), else 0."""
+    return (z.detach().float() <= torch.quantile(reference_own.float(), 1.0 - drop)).float()
 
 
 def finalise(weights: Tensor, renormalise: bool, min_weight: float, max_weight: float) -> Tensor:

@@ -25,6 +25,7 @@ from ssl_kd.data.feed import StepFeed
 from ssl_kd.data.placement import place_data
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
+from ssl_kd.influence.diagnostics import roc_auc
 from ssl_kd.run import algorithm_class, build_network
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
@@ -36,6 +37,7 @@ from ssl_kd.trainer.logger import RunLogger
 from ssl_kd.trainer.monitor import ood_logs
 from ssl_kd.trainer.optim import build_optimizer
 from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
+from ssl_kd.weighting.module import build_weights
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +86,8 @@ class Trainer:
             autocast=self.autocast,
         )
         self.algorithm: Algorithm = algo_cls(self.forward_model, cfg.algo, ctx)
+        self.algorithm.weights = build_weights(cfg.weights, self.algorithm)
+        self.applied: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # weights, correct, unseen-class since the last evaluation
         if self.algorithm.needs_unlabelled and not self.data.has_unlabelled:
             raise ConfigError(
                 f"algorithm {t.algo!r} needs unlabelled data but dataset {t.dataset!r} is fully labelled; "
@@ -134,6 +138,7 @@ class Trainer:
         self.algorithm.step = self.step
         with self.autocast(), distributed.rank_rng(self.dist, self.cfg.train.seed, self.step, self.device):
             out = self.algorithm.train_step(batch)
+        out = self.algorithm.weights.step_outputs(out)
         self.guard.record(self.step + 1, out.loss)  # checked with the weights on check steps (no sync here)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -154,6 +159,7 @@ class Trainer:
             if out.weights is not None:
                 w = out.weights.float()
                 logs["train/weighted_pseudo_label_acc"] = 100.0 * (correct * w).sum() / w.sum().clamp(min=1e-12)
+                self.applied.append((w.detach(), correct, truth < 0))
         if self.data.ood_idx is not None and batch.idx_u is not None:
             logs.update(ood_logs(self.data.true_labels(batch.idx_u) < 0, out))
         return logs, out
@@ -179,7 +185,25 @@ class Trainer:
                     val_logits = self.predict_all(model, d.train_x[d.val_idx])
                     row[f"{prefix}val_top1"] = task_metrics(val_logits, d.train_y[d.val_idx], d.num_classes, d.policy)["top1"]
         row.update(self.algorithm.eval_metrics())
+        row.update(self.algorithm.weights.eval_metrics())
+        row.update(self.applied_weight_metrics())
         return row
+
+    def applied_weight_metrics(self) -> dict[str, float]:
+        """ROC-AUC of the weights the loss applied since the last evaluation, over the training
+        batches themselves: at ranking correct pseudo-labels first (`weight/applied_correct_auc`)
+        and unseen-class images last (`weight/applied_ood_auc`), and the mean weight of unseen-class
+        images over that of seen-class ones (`weight/applied_ood_ratio`). The truth is read for
+        monitoring only."""
+        if not self.applied:
+            return {}
+        w, correct, ood = (torch.cat(parts) for parts in zip(*self.applied))
+        self.applied = []
+        out = {"weight/applied_correct_auc": roc_auc(w, correct.bool())}
+        if self.data.ood_idx is not None and ood.any() and not ood.all():
+            out["weight/applied_ood_auc"] = roc_auc(-w, ood)
+            out["weight/applied_ood_ratio"] = float(w[ood].mean() / w[~ood].mean().clamp_min(1e-12))
+        return out
 
     def predict_all(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits of `model` on `x`; distributed, each rank predicts its contiguous part and the parts are gathered."""
@@ -208,6 +232,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "algorithm": self.algorithm.state_dict(),
+            "weights": self.algorithm.weights.state_dict(),
             "samplers": {"labelled": self.labelled.state_dict(),
                          "unlabelled": self.unlabelled.state_dict() if self.unlabelled else None},
             "rng": rng_state(),
@@ -249,7 +274,10 @@ class Trainer:
             load_module_state(self.ema_model, state["ema"], "EMA model", path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.algorithm.load_state_dict(state["algorithm"])
+        algo_state = dict(state["algorithm"])
+        weights_state = state.get("weights", {"weighter": algo_state.pop("weighter")} if "weighter" in algo_state else {})
+        self.algorithm.load_state_dict(algo_state)
+        self.algorithm.weights.load_state_dict(weights_state)
         self.labelled.load_state_dict(state["samplers"]["labelled"])
         if self.unlabelled is not None:
             self.unlabelled.load_state_dict(state["samplers"]["unlabelled"])
