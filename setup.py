@@ -1,7 +1,7 @@
 """ssl_kd: `algorithms/` and `datasets/` install inside the ssl_kd namespace (see DESIGN.md)."""
 from setuptools import setup
 
-PACKAGES = ["ssl_kd", "ssl_kd.data", "ssl_kd.augment", "ssl_kd.nets", "ssl_kd.trainer", "ssl_kd.influence", "ssl_kd.text"]
+PACKAGES = ["ssl_kd", "ssl_kd.data", "ssl_kd.augment", "ssl_kd.nets", "ssl_kd.trainer", "ssl_kd.influence", "ssl_kd.text", "ssl_kd.weighting"]
 
 setup(
     name="ssl_kd",
