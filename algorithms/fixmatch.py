@@ -2,7 +2,9 @@
 confidence threshold, train the prediction on the strong view.
 
 Defaults from the paper: threshold 0.95, lambda_u 1, mu 7 (the trainer's `uratio`).
-Subclasses change one component: FlexMatch overrides `make_thresholder`.
+Subclasses change one component: FlexMatch overrides `make_thresholder`. `algo.dist_align`
+(`ssl_kd.align`) switches on distribution alignment of the weak view's probabilities before the
+thresholder sees them (off by default: FixMatch is then exactly itself).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
+from ssl_kd.align import DistAlign, make_aligner
 from ssl_kd.components import Thresholder, forward_concat, hard_pseudo_labels, masked_mean
 from ssl_kd.registry import register_algorithm
 
@@ -19,6 +22,8 @@ from ssl_kd.registry import register_algorithm
 class FixMatchConfig:
     threshold: float = 0.95  # confidence above which a pseudo-label is used
     lambda_u: float = 1.0  # weight of the unlabelled loss
+    dist_align: str = "none"  # distribution alignment of the weak view: none, uniform (SoftMatch), labelled (ReMixMatch)
+    stats_ema: float = 0.999  # EMA momentum of the alignment's running prediction mean p_model
 
 
 @register_algorithm("fixmatch")
@@ -29,6 +34,7 @@ class FixMatch(Algorithm):
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
+        self.aligner: DistAlign | None = make_aligner(self.cfg.dist_align, self.cfg.stats_ema, self.ctx)
         self.thresholder = self.make_thresholder()
 
     def make_thresholder(self) -> Thresholder:
@@ -36,7 +42,7 @@ class FixMatch(Algorithm):
 
     def unsup_loss(self, logits_weak, logits_strong, idx):  # type: ignore[no-untyped-def]
         """Masked cross-entropy of the strong view against the weak view's pseudo-labels."""
-        _, pseudo, mask = hard_pseudo_labels(logits_weak, self.thresholder, idx)
+        _, pseudo, mask = hard_pseudo_labels(logits_weak, self.thresholder, idx, self.aligner)
         loss = masked_mean(F.cross_entropy(logits_strong.float(), pseudo, reduction="none"), mask)
         return loss, pseudo, mask
 
@@ -53,7 +59,12 @@ class FixMatch(Algorithm):
         )
 
     def state_dict(self) -> dict:
-        return {"thresholder": self.thresholder.state_dict()}
+        state = {"thresholder": self.thresholder.state_dict()}
+        if self.aligner is not None:
+            state["aligner"] = self.aligner.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.thresholder.load_state_dict(state.get("thresholder", {}))
+        if self.aligner is not None:
+            self.aligner.load_state_dict(state.get("aligner", {}))
