@@ -21,10 +21,11 @@ written in the paper and coded by the authors) pushes the mean strong-view predi
 over-predicted classes. A batch in which nothing passes the mask adds 0 (the authors' code), and a
 class absent from a histogram gets 0 instead of x / 0 (their nan_to_num).
 
-lambda_f (`algo.lambda_f`) defaults to 0.001: the value of USB's released FreeMatch configs for
-every classic-CV setting (CIFAR-10 40/250/4000, CIFAR-100 400/2500/10000, STL-10, SVHN), which
-covers the CIFAR presets benchmarked here. The paper raises it to 0.01 for some of its settings
-(its hardest label counts); pass `--set algo.lambda_f=0.01` to follow that. lambda_u 1.
+lambda_f (`algo.lambda_f`, the paper's w_f) defaults to 0.001: the value in USB's released FreeMatch
+configs (by the same authors) for every classic-CV setting (CIFAR-10 40/250/4000, CIFAR-100
+400/2500/10000, STL-10, SVHN), hence for the CIFAR presets benchmarked here and for digits. The
+paper sets w_f per setting in its implementation details (not re-read for this file); another value
+is `--set algo.lambda_f=...`. lambda_u 1 (w_u in the paper).
 
 Under torchrun the EMAs follow the gathered global batch, and L_f's batch statistics (p_bar, h_bar)
 are those of the global batch: each rank back-propagates the part of the global term that flows

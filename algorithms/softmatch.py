@@ -4,16 +4,17 @@ with the `Thresholder` swapped for `GaussianWeighter` and `algo.dist_align=unifo
 
 Weight of an unlabelled example whose (aligned) weak-view confidence is m = max(p):
   lambda(p) = exp(-(m - mu_t)^2 / (2 sigma_t^2))  if m < mu_t,  else 1  (lambda_max = 1),
-with mu_t, sigma_t^2 EMAs (momentum m_ema, `algo.stats_ema`, 0.999 as the paper) of the batch mean
+with mu_t, sigma_t^2 EMAs (momentum m = `algo.stats_ema`, 0.999 as the paper) of the batch mean
 and unbiased batch variance of the confidences (of the global batch under torchrun), updated before
 the batch is weighted: mu_t = m mu_{t-1} + (1 - m) mean_b(max p_b), sigma_t^2 = m sigma_{t-1}^2 +
 (1 - m) var_b(max p_b), started at mu_0 = 1/C and sigma_0^2 = 1 (the authors' code).
-L_u = (1/(mu B)) sum_b lambda(p_b) H(argmax p_b, Q_b): FixMatch's masked mean with the weight as
+L_u = (1/(mu B)) sum_b lambda(UA(p_b)) H(argmax p_b, Q_b), Q_b the strong view's prediction: FixMatch's masked mean with the weight as
 the mask, so the masked-mean code (and any per-example weight after it) is FixMatch's.
 
 Uniform alignment UA(p) = Normalize(p * u(C) / p_hat), p_hat the EMA of the mean prediction
 (`ssl_kd.align.DistAlign`), feeds the weighting function only: the pseudo-label stays the argmax of
-the model's own probabilities (the paper uses UA in the weight; the authors' code says so too).
+the model's own probabilities, as in the authors' code (USB's softmatch.py generates the pseudo-labels
+from the raw logits, "uniform alignment in softmatch do not use aligned probs").
 
 `algo.n_sigma` (default 2, the authors' released configs): the Gaussian's standard deviation is
 sigma_t / n_sigma, i.e. exp(-(m - mu_t)^2 / (2 sigma_t^2 / n_sigma^2)); n_sigma = 1 is the bare

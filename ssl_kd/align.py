@@ -1,14 +1,18 @@
 """Distribution alignment: rescale predicted class probabilities so that their running average
 matches a target marginal, p -> Normalize(p * p_target / p_model).
 
-- ReMixMatch's DA (Berthelot et al., ICLR 2020, sec. 3.2): p_target is the labelled class marginal.
-- SoftMatch's uniform alignment (Chen et al., ICLR 2023, eq. 10: UA(p) = Normalize(p * u(C) / p_hat)):
-  p_target is uniform, which gives weakly predicted classes more confidence.
+- ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020): p_target is the labelled class
+  marginal (`algo.dist_align=labelled`). ReMixMatch averages the last 128 batches for p_model; here
+  it is an EMA, as USB's DistAlignEMAHook.
+- SoftMatch's uniform alignment (Chen et al., ICLR 2023), UA(p) = Normalize(p * u(C) / p_hat):
+  p_target is uniform (`algo.dist_align=uniform`), which raises the confidence of weakly predicted
+  classes.
 
-p_model is an EMA (momentum m) of the batch mean of the predictions it is fed, started at the first
-batch's mean (as USB's DistAlignEMAHook); under torchrun the batch is the gathered global batch, so
-every rank aligns with the same p_model. Both marginals get 1e-6 added (USB's guard against a class
-the model never predicts). Any algorithm can hold one (FixMatch-family: the `aligner` hook).
+p_model is an EMA (momentum `algo.stats_ema`) of the batch mean of the predictions it is fed,
+started at the first batch's mean (as USB's DistAlignEMAHook); under torchrun the batch is the
+gathered global batch, so every rank aligns with the same p_model. Both marginals get 1e-6 added
+(USB's guard against a class the model never predicts). Any algorithm can hold one; FixMatch and its
+subclasses apply it through their `aligner` hook to the probabilities their thresholder sees.
 """
 from __future__ import annotations
 
