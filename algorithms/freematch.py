@@ -128,6 +128,7 @@ class FreeMatchConfig:
 @register_algorithm("freematch")
 class FreeMatch(FixMatch):
     Config = FreeMatchConfig
+    fairness: torch.Tensor  # the last batch's L_f, set by unsup_loss for train_step
 
     def make_thresholder(self) -> FreeThresholder:
         return FreeThresholder(self.ctx.num_classes, self.cfg.stats_ema, self.ctx.device)
