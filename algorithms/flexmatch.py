@@ -25,7 +25,7 @@ import torch
 
 from ssl_kd.algorithm import Batch, StepOutput
 from ssl_kd.algorithms.fixmatch import FixMatch, FixMatchConfig
-from ssl_kd.components import Thresholder
+from ssl_kd.components import Thresholder, restore_tensor
 from ssl_kd.registry import register_algorithm
 from ssl_kd.trainer.distributed import gather_cat
 
@@ -74,12 +74,7 @@ class FlexThresholder(Thresholder):
         return {"predictions": self.predictions.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("predictions")
-        if saved is None or saved.shape != self.predictions.shape:
-            found = "none" if saved is None else tuple(saved.shape)
-            raise ValueError(f"flexmatch state must hold predictions of shape {tuple(self.predictions.shape)} "
-                             f"(one per training example), found {found}; resume with the run's own dataset")
-        self.predictions.copy_(saved)
+        self.predictions.copy_(restore_tensor(state, "predictions", self.predictions, "flexmatch", " (one per training example)"))
 
 
 @dataclass

@@ -4,6 +4,7 @@ Algorithms reuse these instead of copying them; FlexMatch swaps only the `Thresh
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,12 +52,29 @@ class Thresholder:
         pass
 
 
-def hard_pseudo_labels(logits: torch.Tensor, thresholder: Thresholder, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Detached probabilities, argmax pseudo-labels and the confidence mask for `logits`."""
+def restore_tensor(state: dict[str, Any], key: str, like: torch.Tensor, owner: str, what: str = "") -> torch.Tensor:
+    """A copy of checkpoint tensor `state[key]` on `like`'s device and dtype, refused in one line when
+    missing or shaped for another run (another dataset, another number of classes)."""
+    saved = state.get(key)
+    if saved is None or saved.shape != like.shape:
+        found = "none" if saved is None else tuple(saved.shape)
+        raise ValueError(f"{owner} state must hold {key} of shape {tuple(like.shape)}{what}, found {found}; "
+                         "resume with the run's own dataset")
+    return saved.to(device=like.device, dtype=like.dtype).clone()
+
+
+def hard_pseudo_labels(logits: torch.Tensor, thresholder: Thresholder, idx: torch.Tensor | None = None,
+                       aligner: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detached probabilities, argmax pseudo-labels and the confidence mask for `logits`.
+
+    `aligner` (distribution alignment, `ssl_kd.align`) reshapes the probabilities the thresholder
+    observes and masks by; the pseudo-labels stay the argmax of the model's own probabilities
+    (SoftMatch uses its uniform alignment in the weighting function only)."""
     probs = torch.softmax(logits.detach().float(), dim=-1)
+    seen = probs if aligner is None else aligner(probs)
     if idx is not None:
-        thresholder.update(probs, idx)
-    return probs, probs.argmax(-1), thresholder.mask(probs)
+        thresholder.update(seen, idx)
+    return probs, probs.argmax(-1), thresholder.mask(seen)
 
 
 def masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

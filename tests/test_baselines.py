@@ -268,7 +268,8 @@ def test_meanteacher_teacher_survives_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("algo,extra", [("flexmatch", ("--set", "algo.threshold=0.3")), ("meanteacher", ()),
-                                        ("pseudolabel", ("--set", "algo.threshold=0.3")), ("uda", ("--set", "algo.tsa=log"))])
+                                        ("pseudolabel", ("--set", "algo.threshold=0.3")), ("uda", ("--set", "algo.tsa=log")),
+                                        ("freematch", ()), ("softmatch", ())])
 def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
     first = make_trainer(tmp_path, algo, 6, *extra)
     step_losses(first, 3)

@@ -14,8 +14,8 @@ from tests.conftest import make_trainer, run_steps
 from tests.sync_counter import count_syncs
 
 # kdaif: a non-refresh step of the periodic (default) schedule and a step after the static schedule's fit
-SYNC_FREE = [(algo, ()) for algo in ("supervised", "fixmatch", "flexmatch", "pseudolabel", "meanteacher", "uda", "kd",
-                                     "kdaif", "mpl")] + [("kdaif", ("--set", "weights.schedule=static"))]
+SYNC_FREE = [(algo, ()) for algo in ("supervised", "fixmatch", "flexmatch", "freematch", "softmatch", "pseudolabel",
+                                     "meanteacher", "uda", "kd", "kdaif", "mpl")] + [("kdaif", ("--set", "weights.schedule=static"))]
 
 
 def test_the_counter_sees_every_kind_of_readback() -> None:
