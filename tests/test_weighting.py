@@ -10,7 +10,7 @@ from ssl_kd.influence.weights import quantile_admission, threshold_admission
 from tests.conftest import make_trainer, quick_args, run_steps
 
 # every algorithm with per-example terms in SSL mode, and the flags that make it weigh from step 0
-WEIGHTED = ["pseudolabel", "fixmatch", "flexmatch", "uda", "meanteacher", "kd", "mpl"]
+WEIGHTED = ["pseudolabel", "fixmatch", "flexmatch", "freematch", "softmatch", "uda", "meanteacher", "kd", "mpl"]
 NOW = ("--set", "weights.warmup=0", "--set", "weights.refresh_every=2")
 EXTRA = {"kd": ("--set", "algo.teacher_warmup=0"), "mpl": ("--set", "algo.student_wait=0"),
          "pseudolabel": ("--set", "algo.threshold=0"), "fixmatch": ("--set", "algo.threshold=0"),
