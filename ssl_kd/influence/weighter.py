@@ -293,18 +293,32 @@ class InfluenceWeighter:
                 setattr(self, name, t.to(device))
 
     def _accumulate(self, idx: Tensor | None, z: Tensor, keys: Tensor) -> Tensor:
-        """Running mean of each index's normalised scores for its current target, shrunk to 0 by the prior."""
+        """Running mean of each index's normalised scores for its current target, shrunk to 0 by the prior.
+
+        An index repeated within the batch counts once per occurrence, summed with index_add_ (an
+        indexed assignment would keep one undefined winner on CUDA). Its target is the last
+        occurrence's; an occurrence with another target is a superseded claim that adds nothing
+        and is weighed on its own score as a first visit."""
         if idx is None:
             raise InfluenceError("accumulate keeps one running score per dataset index: pass idx to weights()")
         size = self.cfg.index_size or int(idx.max()) + 1  # a known size needs no host readback
         self.acc_sum = _extended(self.acc_sum, size, 0.0, z.device)
         self.acc_count = _extended(self.acc_count, size, 0.0, z.device)
         self.acc_key = _extended(self.acc_key, size, -1.0, z.device)
-        same = self.acc_key[idx] == keys.float()
-        self.acc_sum[idx] = torch.where(same, self.acc_sum[idx], torch.zeros_like(z)) + z
-        self.acc_count[idx] = torch.where(same, self.acc_count[idx], torch.zeros_like(z)) + 1
-        self.acc_key[idx] = keys.float()
-        return self.acc_sum[idx] / (self.acc_count[idx] + self.cfg.accumulate_prior)
+        position = torch.arange(idx.numel(), device=idx.device)
+        last = torch.full((self.acc_key.numel(),), -1, dtype=torch.long, device=idx.device)
+        last = last.scatter_reduce_(0, idx, position, "amax")[idx]  # each occurrence's last occurrence
+        key = keys.float()[last]
+        counted = (keys.float() == key).float()
+        # every occurrence of an index computes the same value, so these assignments are deterministic
+        kept = self.acc_key[idx] == key
+        self.acc_sum[idx] = torch.where(kept, self.acc_sum[idx], torch.zeros_like(z))
+        self.acc_count[idx] = torch.where(kept, self.acc_count[idx], torch.zeros_like(z))
+        self.acc_key[idx] = key
+        self.acc_sum.index_add_(0, idx, z * counted)
+        self.acc_count.index_add_(0, idx, counted)
+        mean = self.acc_sum[idx] / (self.acc_count[idx] + self.cfg.accumulate_prior)
+        return torch.where(counted > 0, mean, z / (1 + self.cfg.accumulate_prior))
 
     def _smooth(self, idx: Tensor | None, w: Tensor) -> Tensor:
         if idx is None:
