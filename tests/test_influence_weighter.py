@@ -205,3 +205,4 @@ def test_an_index_repeated_in_a_batch_counts_as_several_visits():
     expected = torch.stack([(z[0] + z[1]) / 3, (z[0] + z[1]) / 3, z[2] / 2, z[3] / 2])
     torch.testing.assert_close(out, torch.sigmoid(-expected / robust_spread(w.reference / robust_spread(w.reference))))
     assert w.acc_key[6] == y[3]
+

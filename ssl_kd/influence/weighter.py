@@ -117,6 +117,13 @@ def _extended(table: Tensor | None, size: int, fill: float | bool, device: torch
     return torch.cat([table, torch.full((size - table.numel(),), fill, dtype=dtype, device=device)])
 
 
+def _last_occurrence(idx: Tensor, size: int) -> Tensor:
+    """For each position of `idx`, the position of its index's last occurrence in `idx` (indices < size)."""
+    position = torch.arange(idx.numel(), device=idx.device)
+    last = torch.full((size,), -1, dtype=torch.long, device=idx.device)
+    return last.scatter_reduce_(0, idx, position, "amax")[idx]
+
+
 STATE_KEYS = ("solution", "previous", "damping", "last_refresh", "reference", "smoothed", "seen", "acc_sum",
               "acc_count", "acc_key", "static_logits", "static_proj", "factor")
 OPTIONAL_STATE_KEYS = ("factor",)  # absent from checkpoints written before it existed
@@ -351,10 +358,7 @@ class InfluenceWeighter:
         self.acc_sum = _extended(self.acc_sum, size, 0.0, z.device)
         self.acc_count = _extended(self.acc_count, size, 0.0, z.device)
         self.acc_key = _extended(self.acc_key, size, -1.0, z.device)
-        position = torch.arange(idx.numel(), device=idx.device)
-        last = torch.full((self.acc_key.numel(),), -1, dtype=torch.long, device=idx.device)
-        last = last.scatter_reduce_(0, idx, position, "amax")[idx]  # each occurrence's last occurrence
-        key = keys.float()[last]
+        key = keys.float()[_last_occurrence(idx, self.acc_key.numel())]
         counted = (keys.float() == key).float()
         # every occurrence of an index computes the same value, so these assignments are deterministic
         kept = self.acc_key[idx] == key
@@ -374,7 +378,7 @@ class InfluenceWeighter:
         self.seen = _extended(self.seen, size, False, w.device)
         seen = self.seen[idx]
         w = torch.where(seen, self.cfg.ema * self.smoothed[idx] + (1 - self.cfg.ema) * w, w)
-        self.smoothed[idx] = w
+        self.smoothed[idx] = w[_last_occurrence(idx, self.smoothed.numel())]  # duplicates: the last one's, on any device
         self.seen[idx] = True
         return w
 
