@@ -21,6 +21,8 @@ temperature 0.7, threshold 0.95, UDA weight 8 ramped up linearly, teacher learni
 the student's. Left out: label smoothing of the teacher's labelled loss and the final fine-tuning
 of the student on the labelled set. Checked (tests/test_kd_mpl.py): the feedback's sign, that the
 teacher receives the feedback gradient and the student none from the teacher's losses.
+The feedback's moving average (decay 0.99, `baseline_decay`) is subtracted from it as in the
+official code, which starts that average at a random value; here it starts at 0.
 Takes per-example weights (`weights.kind`): they multiply the student's cross-entropy on each
 pseudo-label, and so the gradient the teacher's feedback is computed from.
 """
@@ -53,6 +55,7 @@ class MPLConfig:
     uda_threshold: float = 0.95  # weak-view confidence below which the consistency loss is masked
     uda_lambda: float = 8.0  # weight of the teacher's consistency loss
     uda_rampup: float = 0.1  # linear ramp-up of that weight over this fraction of train.steps
+    baseline_decay: float = 0.99  # decay of the moving average of h subtracted from it (the official code's); 1: none
 
 
 @register_algorithm("mpl")
@@ -69,7 +72,9 @@ class MPL(Algorithm):
             raise ConfigError(f"algo.student_wait={cfg.student_wait}: give a fraction of train.steps in [0, 1)")
         self.student = plain_module(model)
         self.teacher = ctx.make_net(cfg.teacher_net or ctx.train_cfg.net)
-        self.teacher_opt = TeacherOptimiser(self.teacher, ctx.train_cfg, cfg.teacher_lr)
+        if not 0 <= cfg.baseline_decay <= 1:
+            raise ConfigError(f"algo.baseline_decay={cfg.baseline_decay}: give a decay in [0, 1] (1: no baseline)")
+        self.teacher_opt = TeacherOptimiser(self.teacher, ctx.train_cfg, cfg.teacher_lr, cfg.baseline_decay)
         uda_cfg = UDAConfig(temperature=cfg.uda_temperature, threshold=cfg.uda_threshold, mask_sharpened=True)
         self.uda = UDA(self.teacher, uda_cfg, ctx)
         self.wait_steps = round(cfg.student_wait * ctx.total_steps)

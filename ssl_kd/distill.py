@@ -63,7 +63,18 @@ def pack_targets(teacher_probs: Tensor, labels: Tensor) -> Tensor:
     return torch.cat([teacher_probs.float(), labels.float()[:, None]], dim=1)
 
 
-class DistillWeighter(InfluenceWeighter):
+class PackedTargetWeighter(InfluenceWeighter):
+    """A weighter whose targets come from `pack_targets` (teacher distribution, then the label)."""
+
+    def target_keys(self, targets: Tensor) -> Tensor:
+        """label * C + the teacher's top class: accumulation restarts when the teacher's top class
+        for the example changes (its label is fixed). The argmax of the packed row would be the
+        label's column for every label >= 1, so the restart would never fire."""
+        probs, labels = targets[:, :-1], targets[:, -1].long()
+        return labels * probs.shape[1] + probs.argmax(-1)
+
+
+class DistillWeighter(PackedTargetWeighter):
     """Influence weights for KD mode's combined loss l = alpha tau^2 KL(q || p^tau) + (1 - alpha) CE(y).
 
     Influence is linear in the example's gradient, so the score is the alpha-mix of the scores of
@@ -81,7 +92,7 @@ class DistillWeighter(InfluenceWeighter):
         return self.alpha * logit_grads(logits, probs, self.cfg.loss) + (1 - self.alpha) * logit_grads(logits, labels, CROSS_ENTROPY)
 
 
-class LossWeighter(InfluenceWeighter):
+class LossWeighter(PackedTargetWeighter):
     """Influence weights for any KD-mode loss that is a sum of per-example terms `loss_fn(logits,
     targets)` (targets from `pack_targets`): the per-example logit gradients are the autograd
     gradient of the sum w.r.t. the logits, since example i's term depends on row i only. Used for

@@ -7,7 +7,8 @@ Teacher update mechanisms (`TEACHER_UPDATES`), chosen per run:
   no gradients.
 - `weighted_ce`: fine-tuned by its own optimiser on labelled cross-entropy plus the weighted
   pseudo-label loss (the weights the student's loss uses).
-- `mpl`: trained by its own optimiser on UDA's losses plus the MPL feedback (`mpl_feedback`).
+- `mpl`: trained by its own optimiser on UDA's losses plus the MPL feedback (`mpl_feedback`)
+  minus its moving average (the baseline of the official code, kept by `TeacherOptimiser`).
 - `feedback`: trained by its own optimiser on labelled cross-entropy plus a per-example version
   of MPL's feedback: each pseudo-label's cross-entropy on the teacher's weak view, times its
   weight minus a running baseline, so the teacher makes pseudo-labels that weighed more than
@@ -92,11 +93,24 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 class TeacherOptimiser:
     """The teacher's own optimiser and schedule, chosen as the student's are (SGD + cosine, or
     AdamW + linear for Hugging Face nets: ssl_kd.trainer.optim), with the student's settings unless
-    `lr` is given. Both live in the algorithm's state_dict, so resume is exact."""
+    `lr` is given, and the moving baseline of MPL's feedback (`mpl_reward`). All live in the
+    algorithm's state_dict (through this object's), so resume is exact."""
 
-    def __init__(self, teacher: nn.Module, train_cfg: Any, lr: float = 0.0) -> None:
+    def __init__(self, teacher: nn.Module, train_cfg: Any, lr: float = 0.0, mpl_baseline_decay: float = 0.99) -> None:
+        if not 0 <= mpl_baseline_decay <= 1:
+            raise ValueError(f"MPL baseline decay {mpl_baseline_decay}: give a value in [0, 1] (1: no baseline)")
         t = dataclasses.replace(train_cfg, lr=lr or train_cfg.lr)
         self.optimizer, self.scheduler = build_optimizer(teacher, t)
+        self.mpl_baseline_decay = mpl_baseline_decay
+        self.mpl_baseline = torch.zeros(())  # moving average of MPL's feedback h
+
+    def mpl_reward(self, h: torch.Tensor) -> torch.Tensor:
+        """h minus its moving average, the average updated with h first, as the official MPL code
+        does (decay 0.99; it starts the average at a random value, here 0). h is the same on
+        every rank (`mpl_feedback` all-reduces it), so the baseline is too. Decay 1: h itself."""
+        self.mpl_baseline = self.mpl_baseline.to(h.device)
+        self.mpl_baseline = self.mpl_baseline_decay * self.mpl_baseline + (1 - self.mpl_baseline_decay) * h.detach()
+        return h.detach() - self.mpl_baseline
 
     def step(self, loss: torch.Tensor) -> None:
         """One update; under torchrun from the gradient averaged across ranks, so the teacher stays
@@ -110,11 +124,13 @@ class TeacherOptimiser:
         self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "mpl_baseline": self.mpl_baseline.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.mpl_baseline = state.get("mpl_baseline", torch.zeros(())).clone()  # older checkpoints: none yet
 
 
 def student_lr(student: nn.Module, train_cfg: Any, step: int) -> float:
@@ -179,10 +195,10 @@ def mpl_feedback(student: nn.Module, x_l: torch.Tensor, y_l: torch.Tensor, grads
 def mpl_teacher_update(teacher_opt: TeacherOptimiser, base_loss: torch.Tensor, t_logits: torch.Tensor,
                        pseudo: torch.Tensor, student: nn.Module, x_l: torch.Tensor, y_l: torch.Tensor,
                        grads_u: list[torch.Tensor], lr: float, autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
-    """The teacher's MPL step, once the student has stepped: base_loss + h * CE(t_logits, pseudo),
-    `t_logits` being the teacher prediction that produced the pseudo-labels the student was taught.
-    Returns the figures to log."""
+    """The teacher's MPL step, once the student has stepped: base_loss + (h - b) * CE(t_logits, pseudo),
+    b the moving average of h (`TeacherOptimiser.mpl_reward`), `t_logits` being the teacher
+    prediction that produced the pseudo-labels the student was taught. Returns the figures to log."""
     h = mpl_feedback(student, x_l, y_l, grads_u, lr, autocast)
-    feedback = h * F.cross_entropy(t_logits.float(), pseudo)
+    feedback = teacher_opt.mpl_reward(h) * F.cross_entropy(t_logits.float(), pseudo)
     teacher_opt.step(base_loss + feedback)
-    return {"train/mpl_feedback": h, "loss/teacher_mpl": feedback.detach()}
+    return {"train/mpl_feedback": h, "train/mpl_baseline": teacher_opt.mpl_baseline, "loss/teacher_mpl": feedback.detach()}

@@ -111,3 +111,19 @@ def test_bad_targets_are_reported():
     head, f, _ = head_problem(True)
     with pytest.raises(InfluenceError, match="integer labels"):
         per_example_grads(f, head(f).detach(), torch.rand(N, C + 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("margin", [5.0, 20.0, 30.0])
+def test_float32_logit_gradient_is_exact_for_confident_examples(margin):
+    """Issue 16: p - onehot in float32 rounded the true class's component to 0 above a margin of ~17
+    (cosine 0.20 with the float64 direction at margin 20)."""
+    logits = torch.tensor([[margin, 0.0, -1.0, 0.5], [0.0, margin, 1.0, -2.0]])
+    for targets in (torch.tensor([0, 1]), torch.tensor([2, 1])):
+        got = per_example_grads(torch.ones(2, 1), logits, targets).reshape(2, -1)
+        want = per_example_grads(torch.ones(2, 1, dtype=torch.float64), logits.double(), targets).reshape(2, -1)
+        cosine = (got.double() * want).sum(1) / (got.double().norm(dim=1) * want.norm(dim=1))  # no eps: tiny norms
+        assert cosine.min() > 1 - 1e-6, cosine
+    soft = torch.softmax(torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 9.0, 0.0, 0.0]]), dim=1)
+    got = per_example_grads(torch.ones(2, 1), logits, soft).reshape(2, -1)
+    want = per_example_grads(torch.ones(2, 1, dtype=torch.float64), logits.double(), soft.double()).reshape(2, -1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)

@@ -190,3 +190,19 @@ def test_errors_say_what_to_fix():
     f, logits, y = batch(9)
     with pytest.raises(InfluenceError, match="features have"):
         w.weights(f[:, :3], logits, y, step=0)
+
+
+def test_an_index_repeated_in_a_batch_counts_as_several_visits():
+    """Issue 16: an indexed assignment kept one of the duplicates (on CUDA an undefined one)."""
+    w = refreshed(InfluenceConfig(accumulate=True, accumulate_prior=1.0, renormalise=False))
+    f, logits, y = batch(42, n=4)
+    y[1] = y[0]
+    y[3] = (y[2] + 1) % C  # index 6's first occurrence is superseded by its last, with another target
+    idx = torch.tensor([5, 5, 6, 6])
+    out = w.weights(f, logits, y, 0, idx)
+    z = w.scores(f, logits, y) / robust_spread(w.reference)
+    assert w.acc_count[5] == 2 and w.acc_count[6] == 1
+    expected = torch.stack([(z[0] + z[1]) / 3, (z[0] + z[1]) / 3, z[2] / 2, z[3] / 2])
+    torch.testing.assert_close(out, torch.sigmoid(-expected / robust_spread(w.reference / robust_spread(w.reference))))
+    assert w.acc_key[6] == y[3]
+

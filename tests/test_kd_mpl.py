@@ -135,3 +135,20 @@ def test_mpl_resume_is_exact(tmp_path):
     resumed.load(first.run_dir / "checkpoints" / "last.pt")
     assert [o.loss.item() for o in run_steps(resumed, 3)] == expected
     assert all(torch.equal(p, q) for p, q in zip(first.algorithm.teacher.parameters(), resumed.algorithm.teacher.parameters()))
+
+
+def test_mpl_reward_is_the_feedback_minus_its_moving_average():
+    """Issue 16: the official MPL code subtracts a moving average of h (decay 0.99, updated with h
+    first); it is part of the teacher optimiser's state, so resume keeps it."""
+    cfg = TrainConfig(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, steps=10)
+    opt = TeacherOptimiser(nn.Linear(2, 2), cfg)
+    rewards = [float(opt.mpl_reward(torch.tensor(h))) for h in (2.0, 2.0, -1.0)]
+    b1 = 0.01 * 2.0
+    b2 = 0.99 * b1 + 0.01 * 2.0
+    b3 = 0.99 * b2 + 0.01 * -1.0
+    assert rewards == pytest.approx([2.0 - b1, 2.0 - b2, -1.0 - b3])
+    resumed = TeacherOptimiser(nn.Linear(2, 2), cfg)
+    resumed.load_state_dict(opt.state_dict())
+    assert float(resumed.mpl_reward(torch.tensor(0.5))) == pytest.approx(0.5 - (0.99 * b3 + 0.005))
+    none = TeacherOptimiser(nn.Linear(2, 2), cfg, mpl_baseline_decay=1.0)
+    assert [float(none.mpl_reward(torch.tensor(h))) for h in (2.0, -1.0)] == [2.0, -1.0]

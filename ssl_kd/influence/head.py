@@ -72,7 +72,17 @@ def target_distribution(targets: Tensor, num_classes: int, dtype: torch.dtype) -
 def logit_grads(logits: Tensor, targets: Tensor, loss: HeadLoss = CROSS_ENTROPY) -> Tensor:
     """dl/dz per example, (N, C)."""
     p = torch.softmax(logits / loss.tau, dim=1)
-    return loss.grad_scale * (p - target_distribution(targets, logits.shape[1], p.dtype))
+    return loss.grad_scale * prob_minus_target(p, target_distribution(targets, logits.shape[1], p.dtype))
+
+
+def prob_minus_target(p: Tensor, q: Tensor) -> Tensor:
+    """p - q, exact where p is near 1: there p_k - q_k cancels (in float32 p_k rounds to 1 above a
+    logit margin of ~17, so a one-hot target's component becomes 0 and the direction is wrong).
+    The largest component is taken as (1 - q_k) - (1 - p_k), 1 - p_k summed over the other (small)
+    classes and 1 - q_k exact by Sterbenz's lemma wherever it matters (q_k >= 1/2)."""
+    k = p.argmax(1, keepdim=True)
+    rest_p = p.scatter(1, k, 0.0).sum(1, keepdim=True)
+    return (p - q).scatter(1, k, (1 - q.gather(1, k)) - rest_p)
 
 
 def per_example_grads(

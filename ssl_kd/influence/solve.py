@@ -134,6 +134,11 @@ def kronecker_inverse(curv: HeadCurvature, damping: float, eigenbasis_diagonal: 
 
 
 def _solve_cholesky(curv: HeadCurvature, g: Tensor, damping: float) -> Tensor:
+    return cholesky_solve(damped_cholesky(curv, damping), g)
+
+
+def damped_cholesky(curv: HeadCurvature, damping: float) -> Tensor:
+    """The lower Cholesky factor L of H + damping I, (P, P) in the curvature's dtype (row-major layout)."""
     h = curv.dense()
     h.diagonal().add_(damping)
     chol, info = torch.linalg.cholesky_ex(h)
@@ -142,4 +147,15 @@ def _solve_cholesky(curv: HeadCurvature, g: Tensor, damping: float) -> Tensor:
             f"the damped head Hessian (damping={damping:g}) is not numerically positive definite; "
             "raise damping_fraction or pass a larger damping"
         )
-    return torch.cholesky_solve(g.reshape(-1, 1), chol).reshape(g.shape)
+    return chol
+
+
+def cholesky_solve(chol: Tensor, g: Tensor) -> Tensor:
+    """(H + damping I)^-1 g for g of shape (C, D1), from `damped_cholesky`'s factor."""
+    return torch.cholesky_solve(g.to(chol.dtype).reshape(-1, 1), chol).reshape(g.shape)
+
+
+def inverse_norms(chol: Tensor, grads: Tensor) -> Tensor:
+    """sqrt(g_i^T (H + damping I)^-1 g_i) per row g_i of `grads` (N, P), as |L^-1 g_i|: RelatIF's
+    denominator (Barshan et al. 2020). One triangular solve with N right-hand sides, O(N P^2)."""
+    return torch.linalg.solve_triangular(chol, grads.to(chol.dtype).T, upper=False).norm(dim=0)

@@ -23,12 +23,14 @@ from torch import Tensor, nn
 
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence.errors import InfluenceError
-from ssl_kd.influence.head import HeadCurvature, HeadLoss, logit_grads, mean_grad
-from ssl_kd.influence.solve import SOLVERS, SolveOptions, default_damping, solve_head
+from ssl_kd.influence.head import HeadCurvature, HeadLoss, logit_grads, mean_grad, with_bias
+from ssl_kd.influence.solve import (SOLVERS, SolveOptions, cholesky_solve, damped_cholesky, default_damping,
+                                    inverse_norms, solve_head)
 from ssl_kd.influence.weights import (WEIGHT_MAPS, finalise, map_scores, quantile_admission, robust_spread,
                                      threshold_admission)
 
 SCHEDULES = ("static", "periodic", "online")
+RELATIVE = ("none", "cosine", "relatif")
 
 
 @dataclass
@@ -45,7 +47,10 @@ class InfluenceConfig:
     max_weight: float = 5.0
     ema: float = 0.0  # per-example smoothing of weights across refreshes (needs idx); 0 disables
     reference_tau: float = 1.0  # temperature of the validation loss: > 1 keeps a memorised reference's gradient alive
-    relative: bool = False  # divide each score by its example's gradient norm (direction, not disagreement)
+    # none | cosine (score / Euclidean norm of the example's head gradient) | relatif (score /
+    # sqrt(g^T (H + lambda I)^-1 g), Barshan et al. 2020's l-relative influence; dense solver only);
+    # a bool is read as cosine (True) / none (False), what `relative` meant before
+    relative: str | bool = "none"
     accumulate: bool = False  # weight from the per-index running mean of normalised scores (needs idx)
     accumulate_prior: float = 1.0  # pseudo-count of a zero score in that mean (shrinks rarely seen examples)
     solver: str = "auto"  # auto | cholesky | cg | kfac | ekfac
@@ -70,6 +75,16 @@ class InfluenceConfig:
         ):
             if value not in choices:
                 raise ConfigError(f"influence {key}={value!r} is unknown; choose one of {', '.join(choices)}")
+        if isinstance(self.relative, bool):
+            self.relative = "cosine" if self.relative else "none"
+        if self.relative not in RELATIVE:
+            raise ConfigError(f"influence relative={self.relative!r} is unknown; choose one of {', '.join(RELATIVE)}")
+        if self.relative == "relatif" and self.solver not in ("auto", "cholesky"):
+            raise ConfigError(f"influence relative='relatif' needs the inverse Hessian the dense solve keeps, not "
+                              f"solver={self.solver!r}: set solver=cholesky (or auto), or relative=cosine")
+        if self.relative == "relatif" and self.schedule == "static":
+            raise ConfigError("influence relative='relatif' needs each example's features at scoring time, which the "
+                              "static table does not keep: use schedule=periodic or online, or relative=cosine")
         if self.refresh_every < 1:
             raise ConfigError(f"influence refresh_every={self.refresh_every}: must be >= 1")
         if self.accumulate_prior < 0:
@@ -105,8 +120,16 @@ def _extended(table: Tensor | None, size: int, fill: float | bool, device: torch
     return torch.cat([table, torch.full((size - table.numel(),), fill, dtype=dtype, device=device)])
 
 
+def _last_occurrence(idx: Tensor, size: int) -> Tensor:
+    """For each position of `idx`, the position of its index's last occurrence in `idx` (indices < size)."""
+    position = torch.arange(idx.numel(), device=idx.device)
+    last = torch.full((size,), -1, dtype=torch.long, device=idx.device)
+    return last.scatter_reduce_(0, idx, position, "amax")[idx]
+
+
 STATE_KEYS = ("solution", "previous", "damping", "last_refresh", "reference", "smoothed", "seen", "acc_sum",
-              "acc_count", "acc_key", "static_logits", "static_proj", "reference_own")
+              "acc_count", "acc_key", "static_logits", "static_proj", "factor", "reference_own")
+OPTIONAL_STATE_KEYS = ("factor", "reference_own")  # absent from checkpoints written before they existed
 
 
 class InfluenceWeighter:
@@ -126,6 +149,7 @@ class InfluenceWeighter:
         self.acc_key: Tensor | None = None
         self.static_logits: Tensor | None = None  # static: per-index logits and projections of the scored model
         self.static_proj: Tensor | None = None
+        self.factor: Tensor | None = None  # relatif: Cholesky factor of H + lambda I (float64) for the denominators
         self.reference_own: Tensor | None = None  # the reference examples' own scores against their labels (labelled_threshold)
         self.stats: dict[str, Tensor] = {}  # detached scalars of the last weights() call, for logging
 
@@ -158,28 +182,57 @@ class InfluenceWeighter:
         if damping is None:
             damping = default_damping(curv.trace() / curv.num_params, self.cfg.damping_fraction, self.cfg.weight_decay)
         self.previous = self.solution
-        self.solution = solve_head(curv, g_val, damping, self.cfg.solve_options).float()
+        if self.cfg.relative == "relatif":
+            method = self.cfg.solve_options.resolve(curv.num_params)
+            if method != "cholesky":
+                raise InfluenceError(
+                    f"influence relative='relatif' needs the dense solve, but the head has {curv.num_params} "
+                    f"parameters > dense_max_params={self.cfg.dense_max_params}: raise dense_max_params (O(P^2) "
+                    "memory) or use relative=cosine")
+            self.factor = damped_cholesky(curv, damping)
+            self.solution = cholesky_solve(self.factor, g_val).float()
+        else:
+            self.solution = solve_head(curv, g_val, damping, self.cfg.solve_options).float()
         self.damping = damping
         self.last_refresh = step
         self.reference = None
         if self.cfg.weight_map == "labelled_threshold":  # plain cross-entropy on their labels, whatever the weighted loss
             ref_logits = head_logits(head, val_features, torch.float32)
             self.reference_own = self._scored(logit_grads(ref_logits, val_labels, self.cfg.loss),
-                                              self.projection(val_features, for_scores=True))
+                                              self.projection(val_features, for_scores=True), val_features)
 
     @torch.no_grad()
     def scores(self, features: Tensor, logits: Tensor, targets: Tensor, solution: Tensor | None = None) -> Tensor:
         """I(z) per example from the last solve (or `solution`): one (B, D) x (D, C) matmul. I < 0: z helps.
 
-        With `relative`, I(z) / |grad l(z)| (the head gradient's norm is |dl/dz| |[f; 1]|): the
-        plain score grows with how far the student is from the target, so its size mostly says
-        "the student disagrees"; divided by the gradient's norm it says whether the example pushes
-        the head where the reference wants it (the RelatIF / gradient-cosine remedy)."""
-        return self._scored(self.logit_gradients(logits.detach().float(), targets), self.projection(features, solution, True))
+        The plain score grows with how far the student is from the target, so its size mostly says
+        "the student disagrees"; `relative` divides it by the size of the example's gradient so
+        that it says whether the example pushes the head where the reference wants it:
+        `cosine` by the Euclidean norm |grad l(z)| = |dl/dz| |[f; 1]| (the score is then
+        |s| cos(s, grad l(z)), the gradient-cosine form), `relatif` by sqrt(grad^T (H + lambda I)^-1
+        grad) (RelatIF's l-relative influence, which also discounts directions of low curvature)."""
+        grads = self.logit_gradients(logits.detach().float(), targets)
+        if self.cfg.relative == "relatif" and solution is not None:
+            raise InfluenceError("relative='relatif' scores against the last refresh's factor: do not pass a solution")
+        return self._scored(grads, self.projection(features, solution, True), features)
 
-    def _scored(self, grads: Tensor, proj: Tensor) -> Tensor:
+    def _scored(self, grads: Tensor, proj: Tensor, features: Tensor | None = None) -> Tensor:
         s = -(grads * proj).sum(1)
-        return s / grads.norm(dim=1).clamp_min(1e-12) if self.cfg.relative else s
+        if self.cfg.relative == "cosine":
+            return s / grads.norm(dim=1).clamp_min(1e-12)  # the features' norm is in `proj` already
+        if self.cfg.relative == "relatif":
+            return s / self._relatif_norms(grads, features).clamp_min(1e-12)
+        return s
+
+    def _relatif_norms(self, grads: Tensor, features: Tensor | None) -> Tensor:
+        """sqrt(g^T (H + lambda I)^-1 g) of each example's head gradient g = dl/dz (x) [f; 1]."""
+        if self.factor is None or features is None:
+            raise InfluenceError("relative='relatif' needs the Cholesky factor of a refresh() and the batch's features")
+        factor = self.factor.to(grads.device)
+        assert self.solution is not None
+        x = with_bias(features.detach().to(factor.dtype), self.solution.shape[1] > features.shape[1])
+        g = (grads.to(factor.dtype)[:, :, None] * x[:, None, :]).reshape(grads.shape[0], -1)
+        return inverse_norms(factor, g).to(grads.dtype)
 
     def projection(self, features: Tensor, solution: Tensor | None = None, for_scores: bool = False) -> Tensor:
         """(H + lambda I)^-1 g_val applied to each example's [features; 1]: (B, C); for scores
@@ -196,7 +249,7 @@ class InfluenceWeighter:
         proj = features.detach().float() @ s[:, :d].T
         if s.shape[1] == d + 1:
             proj = proj + s[:, d]
-        if for_scores and self.cfg.relative:
+        if for_scores and self.cfg.relative == "cosine":
             norm = (features.detach().float().pow(2).sum(1) + (s.shape[1] - d)).sqrt()
             proj = proj / norm.clamp_min(1e-12)[:, None]
         return proj
@@ -309,18 +362,29 @@ class InfluenceWeighter:
                 setattr(self, name, t.to(device))
 
     def _accumulate(self, idx: Tensor | None, z: Tensor, keys: Tensor) -> Tensor:
-        """Running mean of each index's normalised scores for its current target, shrunk to 0 by the prior."""
+        """Running mean of each index's normalised scores for its current target, shrunk to 0 by the prior.
+
+        An index repeated within the batch counts once per occurrence, summed with index_add_ (an
+        indexed assignment would keep one undefined winner on CUDA). Its target is the last
+        occurrence's; an occurrence with another target is a superseded claim that adds nothing
+        and is weighed on its own score as a first visit."""
         if idx is None:
             raise InfluenceError("accumulate keeps one running score per dataset index: pass idx to weights()")
         size = self.cfg.index_size or int(idx.max()) + 1  # a known size needs no host readback
         self.acc_sum = _extended(self.acc_sum, size, 0.0, z.device)
         self.acc_count = _extended(self.acc_count, size, 0.0, z.device)
         self.acc_key = _extended(self.acc_key, size, -1.0, z.device)
-        same = self.acc_key[idx] == keys.float()
-        self.acc_sum[idx] = torch.where(same, self.acc_sum[idx], torch.zeros_like(z)) + z
-        self.acc_count[idx] = torch.where(same, self.acc_count[idx], torch.zeros_like(z)) + 1
-        self.acc_key[idx] = keys.float()
-        return self.acc_sum[idx] / (self.acc_count[idx] + self.cfg.accumulate_prior)
+        key = keys.float()[_last_occurrence(idx, self.acc_key.numel())]
+        counted = (keys.float() == key).float()
+        # every occurrence of an index computes the same value, so these assignments are deterministic
+        kept = self.acc_key[idx] == key
+        self.acc_sum[idx] = torch.where(kept, self.acc_sum[idx], torch.zeros_like(z))
+        self.acc_count[idx] = torch.where(kept, self.acc_count[idx], torch.zeros_like(z))
+        self.acc_key[idx] = key
+        self.acc_sum.index_add_(0, idx, z * counted)
+        self.acc_count.index_add_(0, idx, counted)
+        mean = self.acc_sum[idx] / (self.acc_count[idx] + self.cfg.accumulate_prior)
+        return torch.where(counted > 0, mean, z / (1 + self.cfg.accumulate_prior))
 
     def _smooth(self, idx: Tensor | None, w: Tensor) -> Tensor:
         if idx is None:
@@ -330,7 +394,7 @@ class InfluenceWeighter:
         self.seen = _extended(self.seen, size, False, w.device)
         seen = self.seen[idx]
         w = torch.where(seen, self.cfg.ema * self.smoothed[idx] + (1 - self.cfg.ema) * w, w)
-        self.smoothed[idx] = w
+        self.smoothed[idx] = w[_last_occurrence(idx, self.smoothed.numel())]  # duplicates: the last one's, on any device
         self.seen[idx] = True
         return w
 
@@ -338,6 +402,7 @@ class InfluenceWeighter:
         return {k: (v.clone() if isinstance(v, Tensor) else v) for k in STATE_KEYS for v in [getattr(self, k)]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        state = {**{k: None for k in OPTIONAL_STATE_KEYS}, **state}
         if set(state) != set(STATE_KEYS):
             raise InfluenceError(f"influence state has keys {sorted(state)}, expected {sorted(STATE_KEYS)}: "
                                  "the checkpoint was written by a different version of the weighter")

@@ -81,7 +81,7 @@ class InfluenceWeights:
             schedule=cfg.schedule, refresh_every=cfg.refresh_every,
             warmup_steps=round(cfg.warmup * self.ctx.total_steps), weight_map=cfg.map, temperature=cfg.temperature,
             renormalise=cfg.renormalise and cfg.combine == "multiply" and cfg.map not in HARD_MAPS,
-            max_weight=cfg.max_weight, ema=cfg.ema, reference_tau=cfg.reference_tau, relative=cfg.relative != "none",  # MERGE: str once estim lands
+            max_weight=cfg.max_weight, ema=cfg.ema, reference_tau=cfg.reference_tau, relative=cfg.relative,
             accumulate=cfg.accumulate, accumulate_prior=cfg.accumulate_prior, damping_fraction=cfg.damping_fraction,
             weight_decay=self.ctx.train_cfg.weight_decay, tau=self.spec.tau, tau_squared=self.spec.tau_squared,
             drop=cfg.drop, per_class=cfg.per_class,
