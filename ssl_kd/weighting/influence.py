@@ -268,7 +268,7 @@ class InfluenceWeights:
         ood_idx = getattr(d, "ood_idx", None)
         ood = torch.isin(idx, ood_idx) if ood_idx is not None and ood_idx.numel() > 0 else None
         previous = None
-        if w.previous is not None and self.cfg.schedule != "static":
+        if w.previous is not None and self.cfg.schedule != "static" and self.cfg.relative != "relatif":  # relatif: one factor kept
             previous = w.scores(feats, logits, targets, solution=w.previous)
         agreement = torch.softmax(logits, -1).gather(1, pseudo[:, None])[:, 0]
         stats = weight_diagnostics(scores, weights, confidence, agreement, pseudo == d.true_labels(idx), ood, previous)
