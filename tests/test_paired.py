@@ -115,3 +115,18 @@ def test_runs_with_another_split_seed_do_not_pair(tmp_path) -> None:
     assert paired_main([str(tmp_path), "--ref", "kd", "--out", str(out)]) == 0
     text = out.read_text()
     assert "split seeds vary" in text and "| ours | 1/0 | 60.0 (60.0-60.0) |  |" in text  # no common pair
+
+
+def test_mismatch_figure_plots_every_share_and_label(tmp_path: Path) -> None:
+    from tools.plot_mismatch import main as plot_main
+
+    for share in (0.0, 0.5):
+        for seed in range(5):
+            fake_run(tmp_path / f"mm{share}" / f"supervised_s{seed}", "supervised", seed, 70.0 + seed,
+                     unlabelled_mismatch=share)
+            fake_run(tmp_path / f"mm{share}" / f"flexmatch_s{seed}", "flexmatch", seed, 80.0 + seed - 10 * share,
+                     unlabelled_mismatch=share)
+    out = tmp_path / "fig.png"
+    assert plot_main([str(tmp_path / "mm0.0"), str(tmp_path / "mm0.5"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert plot_main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
