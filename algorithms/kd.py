@@ -109,7 +109,8 @@ class KD(Algorithm):
         self.uda = UDA(self.teacher, UDAConfig(cfg.uda_temperature, cfg.uda_threshold, 1.0), ctx) if self.update == "mpl" else None
         set_trainable(self.teacher, self.teacher_trains(0))
         self._teacher_step: Callable[[], None] | None = None  # the teacher's update, run after the student's step
-        self.feedback_baseline = torch.ones((), device=ctx.device)  # feedback: running mean of the pseudo-label weights
+        self.feedback_baseline = torch.ones((), device=ctx.device)  # feedback: running mean of the pseudo-label rewards
+        self.feedback_started = False  # the baseline starts at the first batch's mean reward
         warm = f"{self.warmup_steps} warm-up steps ({self.warmup_phase()}), then " if self.warmup_steps else ""
         print(f"{self.name}: {self.mode.upper()} mode; teacher {source}; teacher update: {warm}{self.update}",
               file=sys.stderr)
@@ -256,11 +257,11 @@ class KD(Algorithm):
                                 "train/teacher_confidence": conf.mean()}
         if self.update == "weighted_ce":
             t_pseudo = (w * F.cross_entropy(t_us.float(), pseudo, reduction="none")).mean()
-            t_loss = F.cross_entropy(t_l.float(), y_l) + cfg.lambda_u * t_pseudo
+            t_loss = self.labelled_loss(t_l, y_l, batch.idx_l) + cfg.lambda_u * t_pseudo
             logs.update({"loss/teacher": t_loss.detach(), "loss/teacher_pseudo": t_pseudo.detach()})
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
         elif self.update == "feedback":
-            t_loss = self.teacher_feedback_loss(t_l, t_uw, y_l, pseudo, w, logs)
+            t_loss = self.teacher_feedback_loss(t_l, t_uw, y_l, batch.idx_l, pseudo, self.weights.rewards(w), logs)
             self._teacher_step = lambda: self.teacher_opt.step(t_loss)
         elif self.update == "mpl":
             t_loss = self.teacher_uda_loss(t_l, t_uw, t_us, y_l, logs)
@@ -308,16 +309,20 @@ class KD(Algorithm):
         logs.update({"loss/teacher_sup": sup.detach(), "loss/teacher_uda": consistency.detach()})
         return sup + weight * consistency
 
-    def teacher_feedback_loss(self, t_l: torch.Tensor, t_uw: torch.Tensor, y_l: torch.Tensor, pseudo: torch.Tensor,
-                              w: torch.Tensor, logs: dict[str, Any]) -> torch.Tensor:
+    def teacher_feedback_loss(self, t_l: torch.Tensor, t_uw: torch.Tensor, y_l: torch.Tensor, idx_l: torch.Tensor,
+                              pseudo: torch.Tensor, w: torch.Tensor, logs: dict[str, Any]) -> torch.Tensor:
         """Labelled CE + lambda_u mean_i (w_i - b) CE(teacher(weak_i), pseudo_i), b a running mean of w:
-        REINFORCE with the weight as each pseudo-label's reward and b as the baseline."""
+        REINFORCE with each pseudo-label's reward w (its weight before renormalisation, 0 where the
+        mask drops it; `weights.rewards`) and b as the baseline."""
+        # the global batch's mean reward (torchrun), so the baseline stays the same on every rank
+        mean = global_mean(w.detach())
+        if not self.feedback_started:
+            self.feedback_baseline, self.feedback_started = mean.clone(), True
         reward = w.detach() - self.feedback_baseline
-        # the global batch's mean weight (torchrun), so the baseline stays the same on every rank
-        self.feedback_baseline = self.cfg.feedback_decay * self.feedback_baseline + (1 - self.cfg.feedback_decay) * global_mean(w.detach())
+        self.feedback_baseline = self.cfg.feedback_decay * self.feedback_baseline + (1 - self.cfg.feedback_decay) * mean
         t_pseudo = (reward * F.cross_entropy(t_uw.float(), pseudo, reduction="none")).mean()
         logs.update({"loss/teacher_feedback": t_pseudo.detach(), "train/feedback_baseline": self.feedback_baseline})
-        return F.cross_entropy(t_l.float(), y_l) + self.cfg.lambda_u * t_pseudo
+        return self.labelled_loss(t_l, y_l, idx_l) + self.cfg.lambda_u * t_pseudo
 
     def after_step(self) -> None:
         if self._teacher_step is not None:
@@ -331,6 +336,7 @@ class KD(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         return {"teacher": self.teacher.state_dict(), "feedback_baseline": self.feedback_baseline.clone(),
+                "feedback_started": self.feedback_started,
                 "teacher_opt": self.teacher_opt.state_dict() if self.teacher_opt is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,5 +344,6 @@ class KD(Algorithm):
             raise ValueError(f"a {self.name} checkpoint holds its teacher; this one holds {sorted(state)}")
         self.teacher.load_state_dict(state["teacher"])
         self.feedback_baseline = state["feedback_baseline"].to(self.feedback_baseline.device)
+        self.feedback_started = bool(state.get("feedback_started", True))
         if self.teacher_opt is not None:
             self.teacher_opt.load_state_dict(state["teacher_opt"])

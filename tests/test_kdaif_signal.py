@@ -106,15 +106,33 @@ def test_feedback_teacher_raises_pseudo_labels_that_weigh_more_than_the_baseline
     t_uw = torch.zeros(2, 10, requires_grad=True)
     pseudo, w = torch.tensor([3, 5]), torch.tensor([1.5, 0.5])  # baseline starts at 1: rewards +0.5 and -0.5
     logs: dict = {}
-    loss = algo.teacher_feedback_loss(torch.zeros(1, 10), t_uw, torch.tensor([0]), pseudo, w, logs)
+    algo.teacher_feedback_loss(torch.zeros(1, 10), torch.zeros(2, 10), torch.tensor([0]), torch.tensor([0]), pseudo,
+                               torch.ones(2), {})  # the first batch starts the baseline at its mean reward, 1
+    loss = algo.teacher_feedback_loss(torch.zeros(1, 10), t_uw, torch.tensor([0]), torch.tensor([0]), pseudo, w, logs)
     (grad,) = torch.autograd.grad(loss, t_uw)
     assert grad[0, 3] < 0 < grad[1, 5]  # descent raises example 0's pseudo-label, lowers example 1's
     assert float(algo.feedback_baseline) == pytest.approx(1.0)  # mean weight 1 keeps the baseline
     kd = make_trainer(tmp_path / "kd", "kd", 4, "--set", "algo.teacher_warmup=0", "--set", "algo.teacher_update=feedback").algorithm
     labelled = torch.randn(4, 10)
     y = torch.tensor([0, 1, 2, 3])
-    loss = kd.teacher_feedback_loss(labelled, torch.randn(2, 10), y, pseudo, torch.ones(2), {})
+    loss = kd.teacher_feedback_loss(labelled, torch.randn(2, 10), y, torch.arange(4), pseudo, torch.ones(2), {})
     torch.testing.assert_close(loss, F.cross_entropy(labelled, y))  # weights 1: only the labelled term
+
+
+def test_feedback_rewards_are_weights_before_renormalisation_on_both_sides_of_their_baseline(tmp_path):
+    """Renormalised weights average 1 over every batch, so a baseline of them is always 1 and says
+    nothing; the reward is the mapped weight before renormalisation, and its baseline starts at the
+    first batch's mean, so rewards fall on both sides of it."""
+    trainer = make_trainer(tmp_path, "kdaif", 6, *ACTIVE, "--set", "algo.teacher_update=feedback")
+    outs = run_steps(trainer, 3)
+    algo = trainer.algorithm
+    assert float(outs[-1].logs["train/feedback_baseline"]) != pytest.approx(1.0, abs=1e-3)
+    applied = weights_of(algo, unlabelled_inputs(trainer, 0))
+    rewards = algo.weights.rewards(applied)
+    assert float(applied.mean()) == pytest.approx(1.0, abs=1e-5)  # what the loss applies: renormalised
+    assert 0.0 <= float(rewards.min()) and float(rewards.max()) <= 1.0  # the sigmoid's own level
+    centred = rewards - algo.feedback_baseline
+    assert (centred > 0).any() and (centred < 0).any()
 
 
 def test_diagnostics_auc_and_means_on_a_known_case():

@@ -152,6 +152,7 @@ class InfluenceWeighter:
         self.factor: Tensor | None = None  # relatif: Cholesky factor of H + lambda I (float64) for the denominators
         self.reference_own: Tensor | None = None  # the reference examples' own scores against their labels (labelled_threshold)
         self.stats: dict[str, Tensor] = {}  # detached scalars of the last weights() call, for logging
+        self.mapped: Tensor | None = None  # the last weights() call's mapped weights before renormalisation
 
     @property
     def table(self) -> Tensor | None:
@@ -288,6 +289,7 @@ class InfluenceWeighter:
                       "influence/scale": spread}
         if self.cfg.ema > 0:
             w = self._smooth(idx, w)
+        self.mapped = w  # before renormalisation: an absolute level (a reward's), where the renormalised mean is always 1
         w = finalise(w, self.cfg.renormalise, self.cfg.min_weight, self.cfg.max_weight)
         self.stats.update({"influence/weight_min": w.min(), "influence/weight_max": w.max()})
         return w

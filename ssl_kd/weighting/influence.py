@@ -57,6 +57,7 @@ class InfluenceWeights:
         self.reference_idx, reference = self.pick_reference()
         self.fold_of = self.crossfit_folds() if cfg.reference == "crossfit" else None
         self._last: tuple[Tensor, Tensor, Tensor] | None = None  # (weights, applied multiplier, idx) of the last batch
+        self._mapped: Tensor | None = None  # the last batch's weights before renormalisation
         print(f"weights: influence ({cfg.schedule}, {cfg.map}, combine={cfg.combine}) on the {self.spec.pool} terms "
               f"from step {icfg.warmup_steps}; reference: {reference} ({self.reference_idx.numel()} examples)", file=sys.stderr)
 
@@ -189,7 +190,8 @@ class InfluenceWeights:
         forward (`request.features`/`logits`) is scored only with score_view=strong."""
         w, idx, targets = self.weighter, request.idx, request.targets
         if w.in_warmup(self.step):
-            return torch.ones(idx.numel(), device=idx.device)
+            self._mapped = torch.ones(idx.numel(), device=idx.device)
+            return self._mapped
         # torchrun: every rank scores the global batch (computing its own part of the clean features)
         # and solves from it, so the solve, its scale and the per-example tables are the same on every
         # rank and as in one process; each rank keeps its part of the weights
@@ -203,7 +205,9 @@ class InfluenceWeights:
         elif w.needs_refresh(self.step):
             ref_feats, ref_y = self.reference_batch()
             w.refresh(self.student.head, ref_feats, ref_y, feats.detach(), self.step)
-        return local_part(w.weights(feats, logits, targets, self.step, idx=idx))
+        weights = local_part(w.weights(feats, logits, targets, self.step, idx=idx))
+        self._mapped = local_part(w.mapped)
+        return weights
 
     def combine(self, w: Tensor, mask: Tensor) -> Tensor:
         """The multiplier of the weighted terms: the weight on what the mask admits (`multiply`), or
@@ -222,6 +226,13 @@ class InfluenceWeights:
         applied = mask if self.weighter.in_warmup(self.step) else self.combine(w, mask)
         self._last = (w, applied.detach(), request.idx)
         return applied.detach()
+
+    def rewards(self, applied: Tensor) -> Tensor:
+        """Each example's reward for a teacher that learns from the weights (`feedback`): its weight
+        before renormalisation where the algorithm's mask admits it, else 0. Renormalised weights
+        average exactly 1 over every batch, so a running baseline of them would say nothing."""
+        assert self._mapped is not None, "rewards() follows apply() of the same batch"
+        return torch.where(applied > 0, self._mapped, torch.zeros_like(self._mapped))
 
     # ----- logging --------------------------------------------------------------------------------
     def step_outputs(self, out: Any) -> Any:

@@ -19,6 +19,10 @@ class NoWeights:
         """The per-example multiplier of the weighted terms: the mask itself."""
         return mask
 
+    def rewards(self, applied: Tensor) -> Tensor:
+        """Each example's reward for a teacher that learns from the weights: the multiplier itself."""
+        return applied
+
     def labelled_keep(self, idx: Tensor) -> Tensor | None:
         """Which labelled examples the student's supervised loss keeps (None: all of them)."""
         return None
