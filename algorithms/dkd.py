@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_kd.algorithms.kd import KD, KDConfig
-from ssl_kd.distill import LossWeighter, dkd_parts
+from ssl_kd.distill import LossWeighter, at_least_float32, dkd_parts
 from ssl_kd.errors import ConfigError
 from ssl_kd.registry import register_algorithm
 
@@ -72,7 +72,7 @@ class DKD(KD):
 
     def kd_mode_loss(self, s_logits: torch.Tensor, teacher_probs: torch.Tensor,
                      labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = F.cross_entropy(s_logits.float(), labels, reduction="none")
+        ce = F.cross_entropy(at_least_float32(s_logits), labels, reduction="none")
         parts = dkd_parts(s_logits, teacher_probs, labels, self.cfg.tau)
         loss = ce + self.ramp() * (self.cfg.alpha * parts.tckd + self.cfg.beta * parts.nckd)
         return loss, {"sup": ce, "tckd": parts.tckd, "nckd": parts.nckd}

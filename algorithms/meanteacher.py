@@ -29,7 +29,7 @@ from torch import nn
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
 from ssl_kd.components import forward_concat
-from ssl_kd.distill import LossWeighter
+from ssl_kd.distill import LossWeighter, at_least_float32
 from ssl_kd.ramps import sigmoid_rampup
 from ssl_kd.registry import register_algorithm
 from ssl_kd.trainer.ema import update_ema
@@ -38,7 +38,7 @@ from ssl_kd.weighting.spec import WeightSpec, labelling_logits
 
 def squared_error(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per example: the mean over classes of (softmax(logits) - targets)^2."""
-    return (torch.softmax(logits.float(), dim=-1) - targets).pow(2).mean(-1)
+    return (torch.softmax(at_least_float32(logits), dim=-1) - targets).pow(2).mean(-1)
 
 
 @dataclass

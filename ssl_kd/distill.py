@@ -15,6 +15,13 @@ from ssl_kd.influence import InfluenceConfig, InfluenceWeighter
 from ssl_kd.influence.head import CROSS_ENTROPY, logit_grads
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32, or float64 if it already is: the losses below run in float32 in training
+    (bf16 logits are promoted) and in float64 when the influence weighter differentiates them
+    (a confident example's gradient loses its direction in float32)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def tempered_kl(student_logits: Tensor, teacher_probs: Tensor, tau: float) -> Tensor:
     """tau^2 * KL(q || softmax(s / tau)) per example (Hinton et al. 2015), q the teacher's tempered
     distribution. KL rather than cross-entropy so that a student matching its teacher scores 0;
@@ -42,12 +49,12 @@ def dkd_parts(student_logits: Tensor, teacher_probs: Tensor, labels: Tensor, tau
     The teacher's binary and non-target distributions come from its tempered probabilities
     (summing the non-target mass rather than taking 1 - p_target keeps a confident teacher's
     distributions exact); the student's from log-sum-exps of its tempered logits."""
-    z = student_logits.float() / tau
+    z = at_least_float32(student_logits) / tau
     target = F.one_hot(labels, z.shape[1]).bool()
     log_p = F.log_softmax(z, dim=-1)
     log_rest = torch.logsumexp(z.masked_fill(target, float("-inf")), dim=-1) - torch.logsumexp(z, dim=-1)
     log_b_s = torch.stack([log_p[target], log_rest], dim=-1)
-    q = teacher_probs.float()
+    q = teacher_probs.to(z.dtype)
     q_rest = q.masked_fill(target, 0.0)
     b_t = torch.stack([q[target], q_rest.sum(-1)], dim=-1)
     tckd = (torch.xlogy(b_t, b_t) - b_t * log_b_s).sum(-1)
@@ -105,9 +112,9 @@ class LossWeighter(PackedTargetWeighter):
 
     def logit_gradients(self, logits: Tensor, targets: Tensor) -> Tensor:
         with torch.enable_grad():
-            z = logits.detach().float().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.loss_fn(z, targets).sum(), z)
-        return grad
+            z = logits.detach().double().requires_grad_(True)  # float64: exact for confident examples too
+            (grad,) = torch.autograd.grad(self.loss_fn(z, targets.double()).sum(), z)
+        return grad.to(logits.dtype)
 
 
 def weight_logs(w: Tensor, prefix: str) -> dict[str, Tensor]:

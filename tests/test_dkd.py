@@ -120,6 +120,22 @@ def test_dkdaif_weights_use_the_dkd_gradient(tmp_path, teacher_ckpt):
     assert torch.allclose(algo.weights.weighter.logit_gradients(logits, targets)[1], z.grad[1], atol=1e-6)
 
 
+def test_dkdaif_gradient_keeps_its_direction_for_confident_examples(tmp_path, teacher_ckpt):
+    """The autograd gradient of DKD's loss is taken in float64: in float32 a student logit margin
+    of 25 rounds the target-class terms away and the direction is lost."""
+    algo = make_trainer(tmp_path, "dkdaif", 2, "--dataset", "digits", "--teacher-ckpt", str(teacher_ckpt),
+                        "--set", "weights.warmup=0", "--set", "algo.dkd_warmup=0").algorithm
+    logits = torch.zeros(2, 10)
+    logits[:, 1] = 25.0  # confident, right (example 0) and wrong (example 1) against the labels
+    teacher = torch.softmax(torch.tensor([[0.0, 3.0, 1.0, 0, 0, 0, 0, 0, 0, 0]] * 2), -1)
+    targets = pack_targets(teacher, torch.tensor([1, 2]))
+    z = logits.double().requires_grad_(True)
+    algo.kd_mode_loss(z, targets[:, :-1].double(), targets[:, -1].long())[0].sum().backward()
+    got = algo.weights.weighter.logit_gradients(logits, targets)
+    assert got.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got.double(), z.grad, dim=1).min() > 1 - 1e-6
+
+
 def test_dkd_needs_kd_mode(tmp_path):
     with pytest.raises(ConfigError, match="KD mode|algo.mode=kd"):
         make_trainer(tmp_path, "dkd", 2, "--set", "algo.mode=ssl", "--set", "algo.teacher_warmup=0.5")

@@ -136,3 +136,23 @@ def test_training_never_reads_the_truth_of_unlabelled_examples(tmp_path, algo, k
     for a, b in zip(*runs):
         assert a.loss.item() == b.loss.item()
         assert (a.weights is None and b.weights is None) or torch.equal(a.weights, b.weights)
+
+
+def test_crossfit_keeps_the_held_out_fold_out_of_the_unlabelled_terms_too(tmp_path):
+    """The fold held out of the labelled loss for a period is also a pool image: it must not be
+    trained on as a pseudo-label either, or the cross-fitted reference leaks."""
+    from ssl_kd.weighting.spec import WeightRequest
+
+    trainer = make_trainer(tmp_path, "kdaif", 40, "--set", "algo.teacher_warmup=0", "--set", "weights.warmup=0.25",
+                           "--set", "weights.reference=crossfit", "--set", "weights.refresh_every=5")
+    algo, data = trainer.algorithm, trainer.data
+    algo.step = 12  # past the warm-up (10 steps): fold 1 is held out
+    labelled = data.labelled_idx
+    held = labelled[algo.weights.fold_of[labelled] == 1][:4]
+    others = data.unlabelled_idx[~torch.isin(data.unlabelled_idx, labelled)][:6]
+    idx = torch.cat([held, others])
+    gen = torch.Generator().manual_seed(0)
+    request = WeightRequest(torch.randn(10, algo.student.head.in_features, generator=gen), torch.randn(10, 10, generator=gen),
+                            data.train_y[idx], idx)
+    w = algo.weights.apply(torch.ones(10), request)
+    assert (w[:4] == 0).all() and (w[4:] > 0).all()
