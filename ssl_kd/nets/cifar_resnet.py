@@ -1,10 +1,13 @@
 """CIFAR ResNets of the RepDistiller zoo (Tian et al. 2020; He et al. 2016's CIFAR design).
 
-- `resnet20/56/110`, `resnet8x4/32x4`: three stages of basic blocks, (depth - 2) / 6 per stage,
+- `resnet8/14/20/32/44/56/110`, `resnet8x4/32x4`: three stages of basic blocks, (depth - 2) / 6 per stage,
   widths 16-32-64 (x4: 64-128-256 after a 32-channel stem), stride 2 between stages, 1x1
   projection shortcuts where the shape changes.
 - `resnet50`: bottleneck blocks (3, 4, 6, 3) with the CIFAR stem (3x3 convolution, stride 1, no
   max-pooling), as in RepDistiller's `ResNet50` and KD-AIF's example code.
+
+Initialisation as RepDistiller's: He-normal convolutions, BN at identity, and the head at
+PyTorch's default Linear init.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ class ResNet(PooledCNN):
             for j in range(n):
                 layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
                 cin = width * block.expansion  # type: ignore[attr-defined]
-        self._build(layers, cin, num_classes)
+        self._build(layers, cin, num_classes, init="he")
 
 
 def cifar_resnet(num_classes: int, in_channels: int, depth: int, stem: int, widths: tuple[int, int, int]) -> ResNet:
@@ -67,6 +70,21 @@ def cifar_resnet(num_classes: int, in_channels: int, depth: int, stem: int, widt
 @register_network("resnet20")
 def resnet20(num_classes: int, in_channels: int = 3) -> ResNet:
     return cifar_resnet(num_classes, in_channels, 20, 16, (16, 32, 64))
+
+
+@register_network("resnet14")
+def resnet14(num_classes: int, in_channels: int = 3) -> ResNet:
+    return cifar_resnet(num_classes, in_channels, 14, 16, (16, 32, 64))
+
+
+@register_network("resnet32")
+def resnet32(num_classes: int, in_channels: int = 3) -> ResNet:
+    return cifar_resnet(num_classes, in_channels, 32, 16, (16, 32, 64))
+
+
+@register_network("resnet44")
+def resnet44(num_classes: int, in_channels: int = 3) -> ResNet:
+    return cifar_resnet(num_classes, in_channels, 44, 16, (16, 32, 64))
 
 
 @register_network("resnet56")
