@@ -1,6 +1,8 @@
 """Batched augmentation: view contract, per-image randomness, FixMatch op behaviour, reproducibility."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -67,6 +69,39 @@ def test_weak_crop_is_a_per_image_shift_of_at_most_the_padding() -> None:
         torch.testing.assert_close(image[2:6, 2:6], x[0, 0, 2 + dy : 6 + dy, 2 + dx : 6 + dx].long())
         shifts.add((dy, dx))
     assert len(shifts) > 1, "every image drew the same crop"
+
+
+def test_weak_crop_pads_with_the_policys_mode() -> None:
+    """Reflect padding keeps a uniform bright image bright; zero padding (RepDistiller's) shows
+    black bars where the crop is shifted, and only there."""
+    x = torch.full((64, 1, 8, 8), 255, dtype=torch.uint8)
+    torch.manual_seed(0)
+    reflected = make_view("weak", x, RAW_GRAY)
+    torch.manual_seed(0)
+    zeroed = make_view("weak", x, dataclasses.replace(RAW_GRAY, pad_mode="zeros"))
+    assert (reflected == 1).all()
+    black = zeroed == 0
+    assert black.any() and ((zeroed == 1) | black).all()
+    rows, cols = black.all(dim=-1, keepdim=True), black.all(dim=-2, keepdim=True)  # whole black rows / columns
+    assert (black == (rows | cols)).all(), "black pixels come in whole bars"
+    assert rows.sum(dim=(-2, -1)).max() <= 1 and cols.sum(dim=(-2, -1)).max() <= 1  # a 1-pixel pad: one bar each way at most
+
+
+def test_each_protocol_pads_as_its_reference() -> None:
+    """FixMatch's presets reflect (google-research/fixmatch's augment_shift); the zoo preset pads
+    with zeros (RepDistiller's RandomCrop(32, padding=4)); a bad mode is a config error naming it."""
+    from ssl_kd.config import DataConfig, load_yaml
+    from ssl_kd.data.build import check_data_config
+    from ssl_kd.registry import DATASETS, discover_all
+    from ssl_kd.run import resolve_config
+    from tests.conftest import REPO
+
+    discover_all()
+    assert DATASETS.get("cifar10").policy.pad_mode == DATASETS.get("cifar100").policy.pad_mode == "reflect"
+    zoo = resolve_config(load_yaml(str(REPO / "configs" / "zoo_cifar100.yaml")), {"algo": "supervised", "dataset": "cifar100"}, [])
+    assert zoo.data.pad_mode == "zeros"
+    with pytest.raises(ConfigError, match="data.pad_mode='zero'.*reflect, zeros"):
+        check_data_config(DataConfig(pad_mode="zero"))
 
 
 def test_weak_without_flip_or_crop_is_the_identity() -> None:
