@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssl_kd.data.draws import GLOBAL, Draws
 from ssl_kd.data.types import PAD_MODES, AugPolicy
 
 
@@ -18,7 +19,7 @@ def crop_padding(policy: AugPolicy, height: int, width: int) -> int:
     return round(policy.crop_fraction * min(height, width))
 
 
-def flip_and_crop(x: torch.Tensor, pad: int, flip: bool, pad_mode: str = "reflect") -> torch.Tensor:
+def flip_and_crop(x: torch.Tensor, pad: int, flip: bool, pad_mode: str = "reflect", draws: Draws = GLOBAL) -> torch.Tensor:
     """Pad (N,C,H,W) by `pad` (reflected, or zeros: black in [0,1] images), crop each image back
     to H x W at a random offset, and mirror each image left-right with probability 1/2 if `flip`.
 
@@ -29,15 +30,15 @@ def flip_and_crop(x: torch.Tensor, pad: int, flip: bool, pad_mode: str = "reflec
     if pad:
         x = F.pad(x, (pad, pad, pad, pad), mode=PAD_MODES[pad_mode])
     padded_w = w + 2 * pad
-    rows = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device) + torch.arange(h, device=x.device)
-    cols = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device) + torch.arange(w, device=x.device)
+    rows = draws.randint(0, 2 * pad + 1, (n, 1), x.device) + torch.arange(h, device=x.device)
+    cols = draws.randint(0, 2 * pad + 1, (n, 1), x.device) + torch.arange(w, device=x.device)
     if flip:
-        mirrored = torch.rand(n, 1, device=x.device) < 0.5
+        mirrored = draws.rand((n, 1), x.device) < 0.5
         cols = torch.where(mirrored, padded_w - 1 - cols, cols)
     index = (rows[:, :, None] * padded_w + cols[:, None, :]).view(n, 1, h * w)
     return x.flatten(2).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
-def weak_augment(x: torch.Tensor, policy: AugPolicy) -> torch.Tensor:
+def weak_augment(x: torch.Tensor, policy: AugPolicy, draws: Draws = GLOBAL) -> torch.Tensor:
     """FixMatch's weak view of images (N,C,H,W): flip (if the policy allows it) and shift-crop."""
-    return flip_and_crop(x, crop_padding(policy, x.shape[-2], x.shape[-1]), policy.flip, policy.pad_mode)
+    return flip_and_crop(x, crop_padding(policy, x.shape[-2], x.shape[-1]), policy.flip, policy.pad_mode, draws)
