@@ -30,9 +30,8 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def mix_in(h: torch.Tensor, value: int | torch.Tensor) -> torch.Tensor:
-    """Fold `value` (an int or an int64 tensor) into the hash state `h`."""
-    if isinstance(value, int):
-        value = torch.tensor(value & MASK32, dtype=torch.int64, device=h.device)
+    """Fold `value` (an int, used as a scalar operand: no host-to-device copy, which would wait
+    for the device, or an int64 tensor) into the hash state `h`."""
     return mix32(h ^ (value & MASK32))
 
 
