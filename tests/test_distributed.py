@@ -169,6 +169,20 @@ def test_two_processes_with_half_batches_match_one_process_and_resume(flexmatch_
     assert (record >= 0).sum() == 3 * 8 * 2  # 3 steps of mu * B = 16 unlabelled examples, all distinct
     assert torch.equal(resumed["algorithm"]["thresholder"]["predictions"], record)
     _assert_same_metrics(_metrics(tmp / "two")[-1], _metrics(tmp / "one")[-1])
+    # the logged training scalars are the whole batch's (both ranks' mean), not rank 0's half
+    one_logged, two_logged = _train_scalars(tmp / "one", 3), _train_scalars(tmp / "two", 3)
+    assert {"loss/total", "loss/unsup", "train/pseudo_label_acc"} <= one_logged.keys()
+    for key in ("loss/total", "loss/sup", "loss/unsup", "train/pseudo_label_acc", "train/mask_ratio"):
+        assert two_logged[key] == pytest.approx(one_logged[key], rel=1e-4, abs=1e-5), key
+
+
+def _train_scalars(run: Path, step: int) -> dict[str, float]:
+    """The TensorBoard scalars a run logged at `step`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    return {tag: e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag) if e.step == step}
 
 
 def _free_port() -> int:
