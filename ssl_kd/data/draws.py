@@ -8,8 +8,9 @@ each example by (seed, step, view, position in the global batch, dataset index):
 then augments its own 1/N of the batch and draws exactly what one process draws for those
 examples, and a resumed run draws what the uninterrupted one drew.
 
-The hash is integer arithmetic (Wellons' lowbias32 finaliser), exact on every device, so the
-views are also the same on the CPU and on a GPU.
+The hash is integer arithmetic (Wellons' lowbias32 finaliser), so the random numbers do not
+depend on the device either (the float ops applying them may differ in the last bits; tested on
+the CPU only).
 """
 from __future__ import annotations
 
