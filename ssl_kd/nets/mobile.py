@@ -46,4 +46,5 @@ class MobileNetV2(PooledCNN):
 
 @register_network("mobilenetv2")
 def mobilenetv2(num_classes: int, in_channels: int = 3) -> MobileNetV2:
+    """MobileNetV2 at width 0.5 for 32x32 inputs (RepDistiller's mobile_half)."""
     return MobileNetV2(num_classes, in_channels)

@@ -108,9 +108,11 @@ class ShuffleNetV2(PooledCNN):
 
 @register_network("shufflenetv1")
 def shufflenetv1(num_classes: int, in_channels: int = 3) -> ShuffleNetV1:
+    """ShuffleNetV1, 3 groups, 240-480-960 channels (RepDistiller's ShuffleV1)."""
     return ShuffleNetV1(num_classes, in_channels)
 
 
 @register_network("shufflenetv2")
 def shufflenetv2(num_classes: int, in_channels: int = 3) -> ShuffleNetV2:
+    """ShuffleNetV2 at width 1, 116-232-464 channels (RepDistiller's ShuffleV2)."""
     return ShuffleNetV2(num_classes, in_channels)

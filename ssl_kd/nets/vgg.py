@@ -36,24 +36,29 @@ class VGG(PooledCNN):
 
 @register_network("vgg8")
 def vgg8(num_classes: int, in_channels: int = 3) -> VGG:
+    """VGG-8 with BatchNorm, for 32x32 inputs (RepDistiller's vgg8_bn)."""
     return VGG(num_classes, in_channels, STAGES["vgg8"])
 
 
 @register_network("vgg11")
 def vgg11(num_classes: int, in_channels: int = 3) -> VGG:
+    """VGG-11 with BatchNorm, for 32x32 inputs (RepDistiller's vgg11_bn)."""
     return VGG(num_classes, in_channels, STAGES["vgg11"])
 
 
 @register_network("vgg13")
 def vgg13(num_classes: int, in_channels: int = 3) -> VGG:
+    """VGG-13 with BatchNorm, for 32x32 inputs (RepDistiller's vgg13_bn)."""
     return VGG(num_classes, in_channels, STAGES["vgg13"])
 
 
 @register_network("vgg16")
 def vgg16(num_classes: int, in_channels: int = 3) -> VGG:
+    """VGG-16 with BatchNorm, for 32x32 inputs (RepDistiller's vgg16_bn)."""
     return VGG(num_classes, in_channels, STAGES["vgg16"])
 
 
 @register_network("vgg19")
 def vgg19(num_classes: int, in_channels: int = 3) -> VGG:
+    """VGG-19 with BatchNorm, for 32x32 inputs (RepDistiller's vgg19_bn)."""
     return VGG(num_classes, in_channels, STAGES["vgg19"])

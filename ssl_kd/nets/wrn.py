@@ -79,29 +79,35 @@ class WideResNet(Classifier):
 
 @register_network("wrn28_2")
 def wrn28_2(num_classes: int, in_channels: int = 3) -> WideResNet:
+    """Wide ResNet-28-2 as in FixMatch (leaky ReLU 0.1, BN momentum 0.001)."""
     return WideResNet(num_classes, in_channels, 28, 2)
 
 
 @register_network("wrn28_8")
 def wrn28_8(num_classes: int, in_channels: int = 3) -> WideResNet:
+    """Wide ResNet-28-8 as in FixMatch (leaky ReLU 0.1, BN momentum 0.001)."""
     return WideResNet(num_classes, in_channels, 28, 8)
 
 
 @register_network("wrn40_2")
 def wrn40_2(num_classes: int, in_channels: int = 3) -> WideResNet:
+    """Wide ResNet-40-2 as in RepDistiller (ReLU, BN momentum 0.1)."""
     return WideResNet(num_classes, in_channels, 40, 2, REPDISTILLER)
 
 
 @register_network("wrn40_1")
 def wrn40_1(num_classes: int, in_channels: int = 3) -> WideResNet:
+    """Wide ResNet-40-1 as in RepDistiller (ReLU, BN momentum 0.1)."""
     return WideResNet(num_classes, in_channels, 40, 1, REPDISTILLER)
 
 
 @register_network("wrn16_2")
 def wrn16_2(num_classes: int, in_channels: int = 3) -> WideResNet:
+    """Wide ResNet-16-2 as in RepDistiller (ReLU, BN momentum 0.1)."""
     return WideResNet(num_classes, in_channels, 16, 2, REPDISTILLER)
 
 
 @register_network("wrn16_1")
 def wrn16_1(num_classes: int, in_channels: int = 3) -> WideResNet:
+    """Wide ResNet-16-1 as in RepDistiller (ReLU, BN momentum 0.1)."""
     return WideResNet(num_classes, in_channels, 16, 1, REPDISTILLER)
