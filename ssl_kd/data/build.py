@@ -5,8 +5,8 @@ Every family gets the same splitting, and the split depends only on `DataConfig.
 """
 from __future__ import annotations
 
-import re
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
