@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import signal
 import sys
 import threading
@@ -67,11 +68,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# a full stop after these ends no sentence ("Tian et al. 2020", "i.e. the ...")
+NOT_A_SENTENCE_END = re.compile(r"\b(et al|e\.g|i\.e|cf|vs)$")
+
+
+def first_sentence(text: str) -> str:
+    for stop in re.finditer(r"\. ", text):
+        if not NOT_A_SENTENCE_END.search(text[: stop.start()]):
+            return text[: stop.start() + 1]
+    return text.rstrip(".") + "." if text else ""
+
+
 def doc_line(obj: Any, width: int = 110) -> str:
     """The first sentence of `obj`'s docstring (else of its module's), cut to `width` characters."""
     doc = obj.__doc__ or getattr(sys.modules.get(getattr(obj, "__module__", ""), None), "__doc__", None) or ""
-    text = " ".join(doc.strip().split("\n\n")[0].split())
-    text = text.split(". ")[0].rstrip(".") + "."  if text else ""
+    text = first_sentence(" ".join(doc.strip().split("\n\n")[0].split()))
     return text if len(text) <= width else text[:width - 3].rsplit(" ", 1)[0] + "..."
 
 

@@ -77,6 +77,7 @@ class DataConfig:
     folder: str = ""  # the family's folder; empty: <data-dir>/<family>; relative paths are under the data dir
     image_size: int = 64  # imagefolder: side of the stored square uint8 images (shorter side resized, centre crop)
     decode_cache: bool = True  # imagefolder: keep the decoded tensors in $SSL_KD_CACHE/images for the next run
+    pad_mode: str = ""  # the random crop's padding: "" = the dataset's (reflect, FixMatch's) | reflect | zeros
 
 
 # data options that decide where the data lives or whether decoded images are cached, never a result

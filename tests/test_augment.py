@@ -1,6 +1,8 @@
 """Batched augmentation: view contract, per-image randomness, FixMatch op behaviour, reproducibility."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -67,6 +69,39 @@ def test_weak_crop_is_a_per_image_shift_of_at_most_the_padding() -> None:
         torch.testing.assert_close(image[2:6, 2:6], x[0, 0, 2 + dy : 6 + dy, 2 + dx : 6 + dx].long())
         shifts.add((dy, dx))
     assert len(shifts) > 1, "every image drew the same crop"
+
+
+def test_weak_crop_pads_with_the_policys_mode() -> None:
+    """Reflect padding keeps a uniform bright image bright; zero padding (RepDistiller's) shows
+    black bars where the crop is shifted, and only there."""
+    x = torch.full((64, 1, 8, 8), 255, dtype=torch.uint8)
+    torch.manual_seed(0)
+    reflected = make_view("weak", x, RAW_GRAY)
+    torch.manual_seed(0)
+    zeroed = make_view("weak", x, dataclasses.replace(RAW_GRAY, pad_mode="zeros"))
+    assert (reflected == 1).all()
+    black = zeroed == 0
+    assert black.any() and ((zeroed == 1) | black).all()
+    rows, cols = black.all(dim=-1, keepdim=True), black.all(dim=-2, keepdim=True)  # whole black rows / columns
+    assert (black == (rows | cols)).all(), "black pixels come in whole bars"
+    assert rows.sum(dim=(-2, -1)).max() <= 1 and cols.sum(dim=(-2, -1)).max() <= 1  # a 1-pixel pad: one bar each way at most
+
+
+def test_each_protocol_pads_as_its_reference() -> None:
+    """FixMatch's presets reflect (google-research/fixmatch's augment_shift); the zoo preset pads
+    with zeros (RepDistiller's RandomCrop(32, padding=4)); a bad mode is a config error naming it."""
+    from ssl_kd.config import DataConfig, load_yaml
+    from ssl_kd.data.build import check_data_config
+    from ssl_kd.registry import DATASETS, discover_all
+    from ssl_kd.run import resolve_config
+    from tests.conftest import REPO
+
+    discover_all()
+    assert DATASETS.get("cifar10").policy.pad_mode == DATASETS.get("cifar100").policy.pad_mode == "reflect"
+    zoo = resolve_config(load_yaml(str(REPO / "configs" / "zoo_cifar100.yaml")), {"algo": "supervised", "dataset": "cifar100"}, [])
+    assert zoo.data.pad_mode == "zeros"
+    with pytest.raises(ConfigError, match="data.pad_mode='zero'.*reflect, zeros"):
+        check_data_config(DataConfig(pad_mode="zero"))
 
 
 def test_weak_without_flip_or_crop_is_the_identity() -> None:
@@ -177,3 +212,37 @@ def test_token_ids_and_missing_policy_pass_through(view: str) -> None:
 def test_policy_with_the_wrong_channel_count_is_a_data_error() -> None:
     with pytest.raises(DataError, match="3 means"):
         make_view("none", _images(2, 1, 8), CIFAR)
+
+
+@pytest.mark.parametrize("view", ["weak", "strong"])
+def test_keyed_views_of_any_part_of_a_batch_are_the_whole_batchs(view: str) -> None:
+    """Each example's view depends on its key only: the views of a batch's parts, keyed by their
+    global positions, are the views of the whole batch; another step or view name draws anew."""
+    from ssl_kd.data.draws import KeyedDraws, example_keys
+
+    x, idx = _images(12, 3, 32), torch.arange(100, 112)
+    whole = make_view(view, x, CIFAR, KeyedDraws(example_keys(0, 7, f"unlabelled/{view}", idx, 0)))
+    parts = [make_view(view, x[s], CIFAR, KeyedDraws(example_keys(0, 7, f"unlabelled/{view}", idx[s], s.start)))
+             for s in (slice(0, 4), slice(4, 8), slice(8, 12))]
+    assert torch.equal(torch.cat(parts), whole)
+    torch.manual_seed(0)
+    assert torch.equal(make_view(view, x, CIFAR, KeyedDraws(example_keys(0, 7, f"unlabelled/{view}", idx, 0))), whole)  # not the global RNG
+    for other in (example_keys(0, 8, f"unlabelled/{view}", idx, 0), example_keys(0, 7, f"unlabelled/{view}_2", idx, 0),
+                  example_keys(1, 7, f"unlabelled/{view}", idx, 0)):
+        assert not torch.equal(make_view(view, x, CIFAR, KeyedDraws(other)), whole)
+
+
+def test_keyed_draws_are_uniform_and_tell_repeated_indices_apart() -> None:
+    """An index drawn twice in one batch (a split smaller than the batch) gets two different
+    streams (its positions differ); the numbers are uniform on [0, 1) and over an integer range."""
+    from ssl_kd.data.draws import KeyedDraws, example_keys
+
+    keys = example_keys(3, 0, "labelled/weak", torch.tensor([5, 5] + list(range(998))), 0)
+    draws = KeyedDraws(keys)
+    u = draws.rand((1000, 50), torch.device("cpu"))
+    assert not torch.equal(u[0], u[1])
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+    counts = draws.randint(2, 5, (1000, 30), torch.device("cpu")).flatten().bincount(minlength=5)
+    assert counts[:2].sum() == 0 and (counts[2:].float() / 10_000 - 1).abs().max() < 0.05
+    with pytest.raises(ValueError, match="first dimension is the batch"):
+        draws.rand((999,), torch.device("cpu"))

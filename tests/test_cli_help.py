@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from ssl_kd.cli import compare_dir, list_registered, parser
+from ssl_kd.cli import compare_dir, doc_line, first_sentence, list_registered, parser
 from ssl_kd.config import Config, TrainConfig
 from ssl_kd.trainer.trainer import progress_postfix
 from tests.conftest import quick_args
@@ -26,6 +26,20 @@ def test_list_describes_algorithms_and_networks():
     assert re.search(r"^\s+fixmatch\s+\[w\]\s+FixMatch \(Sohn", text, re.M)  # takes per-example weights
     assert re.search(r"^\s+supervised\s+Supervised baseline", text, re.M)  # has no terms to weight
     assert re.search(r"^\s+wrn28_2\s+Wide ResNet", text, re.M)
+
+
+def test_list_does_not_end_a_description_at_an_abbreviation():
+    """'Tian et al. 2020' and 'i.e. FixMatch' do not end the first sentence; a real full stop does."""
+    text = list_registered()
+    assert re.search(r"^\s+flexmatch\s+FlexMatch .*, i\.e\. FixMatch", text, re.M)
+    assert re.search(r"^\s+resnet20\s+ResNet-20, 3 basic blocks per stage", text, re.M)  # each zoo network its own line
+
+    def zoo() -> None:
+        """Networks of the RepDistiller zoo (Tian et al. 2020), CIFAR variants. More."""
+
+    assert doc_line(zoo) == "Networks of the RepDistiller zoo (Tian et al. 2020), CIFAR variants."
+    assert first_sentence("Zhao et al. 2022 (e.g. DKD) and cf. vs. KD. Second.") == "Zhao et al. 2022 (e.g. DKD) and cf. vs. KD."
+    assert first_sentence("One sentence.") == "One sentence." and first_sentence("") == ""
 
 
 def test_progress_bar_names_its_accuracy_and_hides_it_before_the_first_evaluation():

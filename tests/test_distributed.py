@@ -21,6 +21,9 @@ from ssl_kd.errors import ConfigError
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.evaluate import predict
 from ssl_kd.trainer.guard import DivergenceError, FiniteGuard
+from ssl_kd.cli import parser, prepare
+from ssl_kd.run import build_data
+from ssl_kd.trainer.trainer import Trainer
 from tests.conftest import REPO, quick_args
 
 # BatchNorm statistics are per process without SyncBatchNorm (which has no CPU kernel), so the
@@ -166,6 +169,20 @@ def test_two_processes_with_half_batches_match_one_process_and_resume(flexmatch_
     assert (record >= 0).sum() == 3 * 8 * 2  # 3 steps of mu * B = 16 unlabelled examples, all distinct
     assert torch.equal(resumed["algorithm"]["thresholder"]["predictions"], record)
     _assert_same_metrics(_metrics(tmp / "two")[-1], _metrics(tmp / "one")[-1])
+    # the logged training scalars are the whole batch's (both ranks' mean), not rank 0's half
+    one_logged, two_logged = _train_scalars(tmp / "one", 3), _train_scalars(tmp / "two", 3)
+    assert {"loss/total", "loss/unsup", "train/pseudo_label_acc"} <= one_logged.keys()
+    for key in ("loss/total", "loss/sup", "loss/unsup", "train/pseudo_label_acc", "train/mask_ratio"):
+        assert two_logged[key] == pytest.approx(one_logged[key], rel=1e-4, abs=1e-5), key
+
+
+def _train_scalars(run: Path, step: int) -> dict[str, float]:
+    """The TensorBoard scalars a run logged at `step`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    return {tag: e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag) if e.step == step}
 
 
 def _free_port() -> int:
@@ -233,8 +250,7 @@ def test_one_process_helpers_are_no_ops() -> None:
     assert distributed.DistInfo().shard(x) is x
     distributed.all_reduce_mean_([x], info)
     assert torch.equal(x, torch.arange(6.0))
-    batch = Batch(x_l={"weak": x}, y_l=x, idx_l=x)
-    assert info.shard_batch(batch) is batch
+    assert distributed.mean_scalars({"a": torch.tensor(2.5), "b": 1}, info, torch.device("cpu")) == {"a": 2.5, "b": 1.0}
     calls: list[slice] = []
     assert distributed.sharded(lambda part: calls.append(part) or x[part], 6) is not None and calls == [slice(0, 6)]
     assert distributed.local_part(x) is x and distributed.all_true(False) is False
@@ -245,15 +261,52 @@ def test_ranks_take_disjoint_contiguous_shards_of_the_global_batch() -> None:
     x = torch.arange(8)
     shards = [distributed.DistInfo(rank, 2).shard(x) for rank in range(2)]
     assert torch.equal(torch.cat(shards), x)
-    batch = Batch(x_l={"weak": torch.arange(4)}, y_l=torch.arange(4), idx_l=torch.arange(4),
-                  x_u={"weak": torch.arange(8), "strong": torch.arange(8) + 8}, idx_u=torch.arange(8))
-    second = distributed.DistInfo(1, 2).shard_batch(batch)
-    assert second.idx_l.tolist() == [2, 3] and second.idx_u.tolist() == [4, 5, 6, 7]
-    assert second.x_u["strong"].tolist() == [12, 13, 14, 15]
     with pytest.raises(ConfigError, match="multiple of 2"):
         distributed.check_batch(distributed.DistInfo(0, 2), 7)
     assert distributed.part_sizes(5, 2) == [3, 2] and distributed.part_sizes(8, 2) == [4, 4]
     assert distributed.part_sizes(5, 4) == [2, 1, 1, 1]  # never an empty part when there are enough items
+
+
+def _rank_batches(tmp: Path, monkeypatch: pytest.MonkeyPatch, algo: str, *extra: str) -> tuple[Batch, list[Batch]]:
+    """The first batch of a one-process digits run and of each rank of a two-process run of it
+    (DDP's wrapper and process group left out: making a batch needs no collective)."""
+    monkeypatch.setattr(distributed, "wrap", lambda model, info, device: model)
+    cfg, run_dir, _ = prepare(parser().parse_args(quick_args(tmp / algo, algo, 2, *extra)))
+    data = build_data(cfg)
+    one = Trainer(cfg, data, torch.device("cpu"), run_dir).next_batch()
+    ranks = []
+    for rank in range(2):
+        trainer = Trainer(cfg, data, torch.device("cpu"), run_dir, distributed.DistInfo(rank, 2))
+        gathered: list[int] = []
+        trainer.labelled.inputs = trainer.unlabelled.inputs = _Rows(trainer.data.train_x, gathered)
+        ranks.append(trainer.next_batch())
+        assert sum(gathered) == (8 + 8 * 2) // 2, "a rank gathers (and augments) its own half of the global batch only"
+    return one, ranks
+
+
+class _Rows:
+    """The training images, counting the rows a step gathers."""
+
+    def __init__(self, x: torch.Tensor, counts: list[int]) -> None:
+        self.x, self.counts, self.device = x, counts, x.device
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        self.counts.append(idx.shape[0])
+        return self.x[idx]
+
+
+@pytest.mark.parametrize("algo", ["fixmatch", "meanteacher"])
+def test_each_rank_augments_its_own_examples_into_one_process_views(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algo: str) -> None:
+    """Rank r gathers and augments only its half of the global batch, and its views (weak, strong,
+    Mean Teacher's weak + weak_2) are exactly the one-process views of those examples."""
+    one, ranks = _rank_batches(tmp_path, monkeypatch, algo)
+    assert torch.equal(torch.cat([b.idx_l for b in ranks]), one.idx_l) and torch.equal(torch.cat([b.idx_u for b in ranks]), one.idx_u)
+    for name, view in one.x_u.items():
+        assert torch.equal(torch.cat([b.x_u[name] for b in ranks]), view), name
+    for name, view in one.x_l.items():
+        assert torch.equal(torch.cat([b.x_l[name] for b in ranks]), view), name
+    if algo == "meanteacher":
+        assert not torch.equal(one.x_u["weak"], one.x_u["weak_2"])  # two draws of one view kind stay independent
 
 
 def _helpers_worker(rank: int, port: int, out: str) -> None:
@@ -273,6 +326,7 @@ def _helpers_worker(rank: int, port: int, out: str) -> None:
     distributed.average_grads_([p, q])
     res["grads"] = (p.grad.tolist(), q.grad)
     res["local"] = distributed.local_part(torch.arange(4)).tolist()
+    res["scalars"] = distributed.mean_scalars({"loss": torch.tensor(float(rank)), "acc": 50.0 * (rank + 1)}, info, torch.device("cpu"))
     guard = FiniteGuard(1)
     guard.record(1, torch.tensor(float("nan") if rank == 1 else 1.0))
     try:
@@ -306,6 +360,7 @@ def test_collective_helpers_on_two_gloo_processes(tmp_path: Path) -> None:
         assert r["all_true"] == (False, True) and r["mean"] == 0.5
         assert r["grads"] == ([1.0, 1.0], None)  # averaged; a parameter without a gradient keeps none
     assert res[0]["local"] == [0, 1] and res[1]["local"] == [2, 3]
+    assert res[0]["scalars"] == res[1]["scalars"] == {"acc": 75.0, "loss": 0.5}  # every rank's mean, one collective
     assert "in another process" in res[0]["guard"]  # rank 0's loss was finite, yet it stops at the same step
     assert "the loss first became non-finite at step 1" in res[1]["guard"]
     waited, kind = res[0]["timeout"]

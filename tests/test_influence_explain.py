@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.toy import TinyMLP, digits_ssl_data
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence import rank_training_examples, write_report
-from ssl_kd.influence.toy import TinyMLP, digits_ssl_data
 from tests.conftest import quick_args
 
 ROOT = Path(__file__).resolve().parents[1]

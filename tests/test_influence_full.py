@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.func import hessian, jacrev
 
+from benchmarks.toy import TinyCNN, TinyMLP, as_input, digits, fit
 from ssl_kd.influence import FullConfig, InfluenceError, full_influence
 from ssl_kd.influence.full import FlatNetwork, eval_mode, per_example_grads, per_example_losses
 from ssl_kd.influence.head import HeadCurvature, mean_grad
 from ssl_kd.influence.head import per_example_grads as head_per_example_grads
 from ssl_kd.influence.solve import SolveOptions, solve_head
-from ssl_kd.influence.toy import TinyCNN, TinyMLP, as_input, digits, fit
 
 TIGHT = FullConfig(cg_tol=1e-10, cg_max_iter=2000, batch_size=64)
 

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, hessian, vmap
 
+from benchmarks.toy import TinyCNN
 from ssl_kd.influence import InfluenceError
 from ssl_kd.influence.full import FlatNetwork, eval_mode, per_example_grads as full_per_example_grads, per_example_losses
 from ssl_kd.influence.head import HeadCurvature, HeadLoss, mean_grad, per_example_grads
-from ssl_kd.influence.toy import TinyCNN
 
 N, D, C = 24, 5, 4
 LOSSES = [HeadLoss(), HeadLoss(tau=3.0, tau_squared=True), HeadLoss(tau=3.0, tau_squared=False)]

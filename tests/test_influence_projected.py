@@ -11,12 +11,12 @@ from scipy.stats import spearmanr
 from torch import nn
 from torch.func import jacrev, vmap
 
+from benchmarks.toy import TinyCNN, as_input, digits, fit
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence import FullConfig, InfluenceError, flip_labels, full_influence
 from ssl_kd.influence.full import FlatNetwork, eval_mode, per_example_grads
 from ssl_kd.influence.head import HeadLoss
 from ssl_kd.influence.projected import GradientProjection, ProjectedConfig, ProjectedInfluence, select_parameters
-from ssl_kd.influence.toy import TinyCNN, as_input, digits, fit
 from ssl_kd.nets.base import Classifier
 from ssl_kd.nets.small import cnn_small, digits_net
 from ssl_kd.nets.wrn import wrn28_2

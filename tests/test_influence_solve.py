@@ -3,10 +3,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks.toy import TinyMLP, as_input, digits, fit
 from ssl_kd.influence import InfluenceError
 from ssl_kd.influence.head import HeadCurvature, mean_grad, per_example_grads
 from ssl_kd.influence.solve import SolveOptions, conjugate_gradient, default_damping, solve_head
-from ssl_kd.influence.toy import TinyMLP, as_input, digits, fit
 
 # Stated tolerances. CG is exact up to its residual tolerance. K-FAC and EK-FAC are exact when every
 # example has the same softmax output; on a trained head (softmax strongly correlated with the

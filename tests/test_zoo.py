@@ -1,7 +1,8 @@
-"""The CIFAR distillation zoo: parameter counts against the published ones, the network contract,
-the multistep schedule and the 240-epoch teacher preset."""
+"""The CIFAR distillation zoo: exact parameter counts and outputs against RepDistiller's, the
+initialisation, the network contract, the multistep schedule and the 240-epoch teacher preset."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -14,24 +15,67 @@ from ssl_kd.registry import NETWORKS, discover_all
 from ssl_kd.run import resolve_config
 from ssl_kd.trainer.schedule import lr_factor, make_optimizer, make_schedule
 from tests.conftest import REPO
+from tests.zoo_reference import CLASSES, logits_of
 
-# Millions of parameters with a 100-class head of the RepDistiller / CRD CIFAR-100 zoo (Tian et
-# al., ICLR 2020, github.com/HobbitLong/RepDistiller models/), to two decimals, as the distillation
-# literature tabulates them next to its CIFAR-100 results (e.g. "resnet32x4 7.43M, resnet8x4
-# 1.23M"). Source: those tables as recalled by the author; no network here to re-fetch them.
-PUBLISHED_M = {
-    "resnet20": 0.28, "resnet56": 0.86, "resnet110": 1.74, "resnet8x4": 1.23, "resnet32x4": 7.43,
-    "wrn16_2": 0.70, "wrn40_2": 2.26, "vgg8": 3.96, "vgg13": 9.46, "resnet50": 23.71,
-    "mobilenetv2": 0.81, "shufflenetv2": 1.36,
+# Exact parameter counts with a 100-class head of the RepDistiller / CRD CIFAR-100 zoo (Tian et
+# al., ICLR 2020, github.com/HobbitLong/RepDistiller models/), counted on its code; the names are
+# ours (tests/zoo_reference.py maps them to RepDistiller's).
+REPDISTILLER_PARAMS = {
+    "resnet8": 83_892, "resnet14": 181_108, "resnet20": 278_324, "resnet32": 472_756, "resnet44": 667_188,
+    "resnet56": 861_620, "resnet110": 1_736_564, "resnet8x4": 1_233_540, "resnet32x4": 7_433_860,
+    "resnet50": 23_705_252, "wrn16_1": 180_916, "wrn16_2": 703_284, "wrn40_1": 569_780, "wrn40_2": 2_255_156,
+    "vgg8": 3_965_028, "vgg11": 9_277_284, "vgg13": 9_462_180, "vgg16": 14_774_436, "vgg19": 20_086_692,
+    "mobilenetv2": 812_836, "shufflenetv1": 949_258, "shufflenetv2": 1_355_528,
 }
-SMALL = ("resnet20", "resnet8x4", "wrn16_2", "vgg8", "mobilenetv2", "shufflenetv2")
+SMALL = ("resnet20", "resnet8x4", "wrn16_2", "wrn16_1", "vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2")
+REFERENCE = json.loads((REPO / "tests" / "fixtures" / "zoo_reference.json").read_text())
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED_M))
-def test_parameter_count_matches_the_published_one(name):
+@pytest.mark.parametrize("name", sorted(REPDISTILLER_PARAMS))
+def test_parameter_count_is_repdistillers_exactly(name):
     discover_all()
-    count = parameter_count(NETWORKS.get(name))
-    assert abs(count / 1e6 - PUBLISHED_M[name]) <= 0.0051, count  # the published figure's rounding
+    assert parameter_count(NETWORKS.get(name)) == REPDISTILLER_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_a_reference_shaped_state_dict_gives_the_reference_logits(name):
+    """The same values, placed by position into our state dict, give RepDistiller's logits: the
+    tensors come in its order and shapes and the forward computes what its forward computes
+    (e.g. WRN-16-1's first shortcut takes the raw input; ShuffleNets' stem is 1x1)."""
+    discover_all()
+    torch.manual_seed(0)
+    logits = logits_of(NETWORKS.get(name)(CLASSES))
+    expected = torch.tensor(REFERENCE[name]["logits"])
+    assert torch.allclose(logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()), (logits - expected).abs().max()
+
+
+def head_bound(net: torch.nn.Module) -> float:
+    return net.head.in_features ** -0.5  # PyTorch's default Linear init is uniform within this
+
+
+@pytest.mark.parametrize("name,head", [("resnet8", "default"), ("resnet50", "default"), ("wrn16_1", "default, zero bias"),
+                                       ("wrn28_2", "xavier"), ("vgg8", "normal"), ("mobilenetv2", "normal"),
+                                       ("shufflenetv1", "default"), ("shufflenetv2", "default")])
+def test_initialisation_follows_the_reference(name, head):
+    """RepDistiller leaves the head at PyTorch's default for its ResNets and WRNs (WRN zeroes the
+    bias), draws it from normal(0, 0.01) for VGG and MobileNetV2, and has no init for ShuffleNets."""
+    discover_all()
+    torch.manual_seed(0)
+    net = NETWORKS.get(name)(100)
+    w, b = net.head.weight.detach(), net.head.bias.detach()
+    if head.startswith("default"):
+        assert w.abs().max() <= head_bound(net) and w.std() == pytest.approx(head_bound(net) / 3 ** 0.5, rel=0.1)
+        assert (b.abs().max() == 0) == (head == "default, zero bias")
+    elif head == "normal":
+        assert w.std() == pytest.approx(0.01, rel=0.1) and b.abs().max() == 0
+    else:  # FixMatch's WRN keeps its Xavier-normal head
+        assert w.std() == pytest.approx((2 / (w.shape[0] + w.shape[1])) ** 0.5, rel=0.1) and b.abs().max() == 0
+    stem = next(m.weight.detach() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    fan_in = stem[0].numel()
+    if name.startswith("shuffle"):  # PyTorch's default conv init, uniform within 1/sqrt(fan_in)
+        assert stem.abs().max() <= fan_in ** -0.5
+    else:  # He-normal, fan-out
+        assert stem.std() == pytest.approx((2 / (stem.shape[0] * stem[0, 0].numel())) ** 0.5, rel=0.15)
 
 
 @pytest.mark.parametrize("name", SMALL)

@@ -48,6 +48,8 @@ from kornia.enhance import (
     solarize,
 )
 
+from ssl_kd.data.draws import GLOBAL, Draws
+
 PixelOp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Images (n,C,H,W) in [0,1] and magnitudes (n,) in [0,1) -> new images."""
 AffineOp = Callable[[torch.Tensor, int, int], torch.Tensor]
@@ -187,31 +189,31 @@ def apply_op(x: torch.Tensor, name: str, magnitudes: torch.Tensor) -> torch.Tens
     return _apply_ops(x, op_ids, magnitudes, (name,))
 
 
-def rand_augment(x: torch.Tensor, num_ops: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rand_augment(x: torch.Tensor, num_ops: int, draws: Draws = GLOBAL) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply `num_ops` random ops per image to float images (N,C,H,W) in [0,1].
 
     Ops (with repetition, as in FixMatch) and magnitudes are drawn independently per image from
-    torch's global RNG on x's device. Returns the images and the op ids (N, num_ops), positions
+    `draws` (torch's global RNG by default) on x's device. Returns the images and the op ids (N, num_ops), positions
     in `OP_NAMES`, in the order applied.
     """
     n = x.shape[0]
-    op_ids = torch.randint(len(OP_NAMES), (n, num_ops), device=x.device)
-    magnitudes = torch.rand(n, num_ops, device=x.device, dtype=x.dtype)
+    op_ids = draws.randint(0, len(OP_NAMES), (n, num_ops), x.device)
+    magnitudes = draws.rand((n, num_ops), x.device, x.dtype)
     for slot in range(num_ops):
         x = _apply_ops(x, op_ids[:, slot], magnitudes[:, slot])
     return x, op_ids
 
 
-def cutout(x: torch.Tensor, fraction: float) -> torch.Tensor:
+def cutout(x: torch.Tensor, fraction: float, draws: Draws = GLOBAL) -> torch.Tensor:
     """Fill one square per image of (N,C,H,W) with gray 0.5 (FixMatch's Cutout).
 
     The side is drawn uniformly from {0, ..., floor(fraction * shorter side)} and the centre
     uniformly over the image; the square is clipped at the border, as in FixMatch's code.
     """
     n, _, h, w = x.shape
-    side = torch.randint(0, math.floor(fraction * min(h, w)) + 1, (n, 1), device=x.device)
-    top = torch.randint(0, h, (n, 1), device=x.device) - side // 2
-    left = torch.randint(0, w, (n, 1), device=x.device) - side // 2
+    side = draws.randint(0, math.floor(fraction * min(h, w)) + 1, (n, 1), x.device)
+    top = draws.randint(0, h, (n, 1), x.device) - side // 2
+    left = draws.randint(0, w, (n, 1), x.device) - side // 2
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
     in_rows = (rows >= top) & (rows < top + side)

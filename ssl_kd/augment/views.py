@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from ssl_kd.data.draws import GLOBAL, Draws
 from ssl_kd.augment.randaugment import cutout, rand_augment
 from ssl_kd.augment.weak import weak_augment
 from ssl_kd.data.types import AugPolicy, TextPolicy
@@ -19,18 +20,19 @@ from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.text.views import identity, strong_text
 
 
-def _strong(x: torch.Tensor, policy: AugPolicy) -> torch.Tensor:
+def _strong(x: torch.Tensor, policy: AugPolicy, draws: Draws) -> torch.Tensor:
     """FixMatch's strong view: weak, then RandAugment, then Cutout."""
-    x, _ = rand_augment(weak_augment(x, policy), policy.strong_ops)
-    return cutout(x, policy.cutout_fraction)
+    x, _ = rand_augment(weak_augment(x, policy, draws), policy.strong_ops, draws)
+    return cutout(x, policy.cutout_fraction, draws)
 
 
-_IMAGE_VIEWS: dict[str, Callable[[torch.Tensor, AugPolicy], torch.Tensor]] = {
-    "none": lambda x, policy: x,
+# view functions: (batch, policy, where the random numbers come from) -> view
+_IMAGE_VIEWS: dict[str, Callable[[torch.Tensor, AugPolicy, Draws], torch.Tensor]] = {
+    "none": lambda x, policy, draws: x,
     "weak": weak_augment,
     "strong": _strong,
 }
-_TEXT_VIEWS: dict[str, Callable[[torch.Tensor, TextPolicy], torch.Tensor]] = {
+_TEXT_VIEWS: dict[str, Callable[[torch.Tensor, TextPolicy, Draws], torch.Tensor]] = {
     "none": identity,
     "weak": identity,
     "strong": strong_text,
@@ -68,12 +70,13 @@ def base_view(view: str) -> str:
     return stem if stem and number.isdigit() else view
 
 
-def make_view(view: str, x: torch.Tensor, policy: AugPolicy | TextPolicy | None) -> torch.Tensor:
+def make_view(view: str, x: torch.Tensor, policy: AugPolicy | TextPolicy | None, draws: Draws = GLOBAL) -> torch.Tensor:
     """Return view `view` of x on x's device: images (uint8 (N,C,H,W)) as normalised float32,
     token ids (N,L) as token ids of the same shape.
 
-    Randomness comes from torch's global RNG (on x's device), which the trainer seeds and
-    checkpoints, so views are reproducible. Without a policy, or for images that are not 4-D,
+    Randomness comes from `draws`: torch's global RNG (on x's device) by default, or each
+    example's own keyed stream (`ssl_kd.data.draws.KeyedDraws`, as the trainer makes views),
+    reproducible either way. Without a policy, or for images that are not 4-D,
     x is returned unchanged.
     """
     base = base_view(view)
@@ -85,7 +88,7 @@ def make_view(view: str, x: torch.Tensor, policy: AugPolicy | TextPolicy | None)
     if policy is None:
         return x
     if modality == "text":
-        return VIEWS[modality, base](x, policy)
+        return VIEWS[modality, base](x, policy, draws)
     if x.dim() != 4:
         return x
-    return normalise(VIEWS[modality, base](_to_unit_range(x), policy), policy)
+    return normalise(VIEWS[modality, base](_to_unit_range(x), policy, draws), policy)

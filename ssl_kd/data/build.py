@@ -5,6 +5,7 @@ Every family gets the same splitting, and the split depends only on `DataConfig.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ssl_kd.config import DataConfig
 from ssl_kd.data.family import DatasetFamily, RawData
 from ssl_kd.data.mismatch import UNSEEN, SeenClasses, mismatched_pool, seen_classes
 from ssl_kd.data.placement import check_placement
-from ssl_kd.data.types import SSLData, TextPolicy
+from ssl_kd.data.types import PAD_MODES, AugPolicy, SSLData, TextPolicy
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.registry import DATASETS, discover, unknown_name_message
 
@@ -76,6 +77,8 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
     per_class = labels_per_class(labels, num_classes, name) if labels is not None else None
     raw = family.load(root, download, **{key: getattr(data_cfg, key) for key in family.options})
     policy = family.policy
+    if data_cfg.pad_mode and isinstance(policy, AugPolicy):  # a protocol's own padding (the zoo's: zeros)
+        policy = dataclasses.replace(policy, pad_mode=data_cfg.pad_mode)
     if isinstance(policy, TextPolicy):
         from ssl_kd.text.tokenise import tokenise_raw
 
@@ -133,6 +136,9 @@ def check_data_config(cfg: DataConfig) -> None:
                           f"or none for the standard all-class setting.")
     if cfg.val_per_class < 0:
         raise ConfigError(f"data.val_per_class={cfg.val_per_class} is negative; give 0 (no validation split) or more.")
+    if cfg.pad_mode and cfg.pad_mode not in PAD_MODES:
+        raise ConfigError(f"data.pad_mode={cfg.pad_mode!r} is not valid; use one of: {', '.join(PAD_MODES)} "
+                          f"(or leave it empty for the dataset's own).")
 
 
 def check_labels(raw: RawData, family: str, num_classes: int) -> None:

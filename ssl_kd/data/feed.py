@@ -9,7 +9,7 @@ sampler can never feed a wrong batch: both placements give the same indices and 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -20,23 +20,29 @@ from ssl_kd.data.sampler import InfiniteSampler
 
 
 class StepFeed(Iterator[tuple[torch.Tensor, torch.Tensor]]):
-    """Yields (indices, inputs) on the training device; checkpoints as its sampler."""
+    """Yields (indices, inputs) on the training device; checkpoints as its sampler.
 
-    def __init__(self, indices: torch.Tensor, batch_size: int, seed: int, inputs: torch.Tensor | HostTensor) -> None:
+    `part` maps the sampler's global batch of indices to the part this process trains on (under
+    torchrun its contiguous 1/N: `DistInfo.shard`); only those rows are gathered (and copied).
+    """
+
+    def __init__(self, indices: torch.Tensor, batch_size: int, seed: int, inputs: torch.Tensor | HostTensor,
+                 part: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.inputs = inputs
         self.sampler = InfiniteSampler(indices.to(inputs.device), batch_size, seed)  # the indices live with the rows
+        self.part = part or (lambda idx: idx)
         self.pending: tuple[torch.Tensor, Future] | None = None
         self.worker: ThreadPoolExecutor | None = None
         self.prefetched = 0  # batches served from the prefetch (tests, benchmarks)
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = next(self.sampler)
+        idx = self.part(next(self.sampler))
         if not isinstance(self.inputs, HostTensor):
             return idx, self.inputs[idx]
         fetched = self._take(idx)
         if self.worker is None:
             self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssl_kd-prefetch")
-        upcoming = self.sampler.peek()
+        upcoming = self.part(self.sampler.peek())
         self.pending = (upcoming, self.worker.submit(self.inputs.fetch, upcoming))
         return self.inputs.claim(fetched)
 

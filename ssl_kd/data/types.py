@@ -7,6 +7,9 @@ from typing import ClassVar
 import torch
 
 
+PAD_MODES = {"reflect": "reflect", "zeros": "constant"}  # AugPolicy.pad_mode -> torch.nn.functional.pad's mode
+
+
 @dataclass(frozen=True)
 class AugPolicy:
     """How a dataset's images are augmented and normalised (never depends on the algorithm)."""
@@ -15,7 +18,10 @@ class AugPolicy:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     flip: bool = True  # horizontal flips (off for digits and SVHN: they change the class)
-    crop_fraction: float = 0.125  # reflect-pad + random crop by this fraction of the side
+    crop_fraction: float = 0.125  # pad + random crop by this fraction of the side
+    # what the crop's padding holds: "reflect" (FixMatch's TF code, its PyTorch ports, USB) or
+    # "zeros", black pixels (torchvision's RandomCrop(32, padding=4): RepDistiller, mdistiller)
+    pad_mode: str = "reflect"
     strong_ops: int = 2  # RandAugment operations per image
     cutout_fraction: float = 0.5  # Cutout side as a fraction of the image side (FixMatch: up to 0.5)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ssl_kd.data.draws import GLOBAL, Draws
 from ssl_kd.data.types import TextPolicy
 
 
@@ -29,24 +30,24 @@ def close_up(ids: torch.Tensor, keep: torch.Tensor, pad_id: int) -> torch.Tensor
     return out.masked_fill(positions >= kept, pad_id)
 
 
-def span_cut(content: torch.Tensor, fraction: float) -> torch.Tensor:
+def span_cut(content: torch.Tensor, fraction: float, draws: Draws = GLOBAL) -> torch.Tensor:
     """A random contiguous span of ceil(fraction * n) content tokens per row (n: the row's content count)."""
     n = content.sum(1)
     span = torch.ceil(n.float() * fraction).long().clamp(max=n) if fraction > 0 else torch.zeros_like(n)
-    start = (torch.rand(n.shape, device=n.device) * (n - span + 1).float()).long()
+    start = (draws.rand(tuple(n.shape), n.device) * (n - span + 1).float()).long()
     rank = content.long().cumsum(1) - 1  # position among the row's content tokens
     return content & (rank >= start[:, None]) & (rank < (start + span)[:, None])
 
 
-def strong_text(ids: torch.Tensor, policy: TextPolicy) -> torch.Tensor:
+def strong_text(ids: torch.Tensor, policy: TextPolicy, draws: Draws = GLOBAL) -> torch.Tensor:
     """Masking, then deletion, then span cutoff, at the policy's rates (random per token/row)."""
     content = content_mask(ids, policy)
-    masked = content & (torch.rand(ids.shape, device=ids.device) < policy.mask_rate)
+    masked = content & (draws.rand(tuple(ids.shape), ids.device) < policy.mask_rate)
     ids = ids.masked_fill(masked, policy.mask_id)
-    deleted = content & (torch.rand(ids.shape, device=ids.device) < policy.delete_rate)
-    keep = ~(deleted | span_cut(content, policy.span_fraction))
+    deleted = content & (draws.rand(tuple(ids.shape), ids.device) < policy.delete_rate)
+    keep = ~(deleted | span_cut(content, policy.span_fraction, draws))
     return close_up(ids, keep, policy.pad_id)
 
 
-def identity(ids: torch.Tensor, policy: TextPolicy) -> torch.Tensor:
+def identity(ids: torch.Tensor, policy: TextPolicy, draws: Draws = GLOBAL) -> torch.Tensor:
     return ids

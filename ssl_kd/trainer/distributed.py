@@ -3,11 +3,12 @@
 The rule, chosen so that N processes train the same model as one process:
 
 - `train.batch_size` (and `uratio`) are the GLOBAL batch. Every rank draws the same global index
-  batch from the same seeded samplers, makes the views of the whole batch with the same RNG
-  stream, and keeps its own contiguous 1/N of it: ranks see disjoint examples, in the same order
-  as a one-process run, and the learning rate needs no scaling (the global batch is unchanged).
-  The batch must divide by N. Views are thus computed N times over; augmentation is a few percent
-  of a step, and this keeps every rank's RNG stream identical, which makes `--resume` exact.
+  batch from the same seeded samplers and keeps its own contiguous 1/N of the indices: ranks see
+  disjoint examples, in the same order as a one-process run, and the learning rate needs no
+  scaling (the global batch is unchanged). The batch must divide by N. Each rank gathers and
+  augments only its own examples: an example's views come from its own random stream, keyed by
+  (seed, step, view, position in the global batch, dataset index) (`ssl_kd.data.draws`), so they
+  are the views one process draws for it, and `--resume` stays exact.
 - DistributedDataParallel averages the gradients, so parameters, optimiser state and the EMA of
   the parameters stay identical on every rank. BatchNorm statistics are per rank (each normalises
   its own 1/N); `train.sync_bn=true` converts to SyncBatchNorm (CUDA/NCCL only). Float buffers
@@ -17,6 +18,9 @@ The rule, chosen so that N processes train the same model as one process:
   when it writes best.pt).
 - Random draws inside the algorithm's step (dropout) come from a per-rank stream (`rank_rng`), so
   ranks do not repeat each other's masks.
+- Training scalars (losses, mask ratios, pseudo-label accuracies) are averaged over the ranks at
+  log steps in one all-reduce (`mean_scalars`), so the log shows the global batch, not rank 0's
+  part (a ratio such as the masked pseudo-label accuracy is the mean of the ranks' ratios).
 - Algorithm state that follows the examples of a batch is updated from the gathered global batch
   (`gather_cat`: FlexMatch's record of confident predictions), so it is the same on every rank.
 - Evaluation is sharded: each rank predicts its contiguous part of the test (and validation) set
@@ -45,7 +49,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ssl_kd.algorithm import Batch
 from ssl_kd.errors import ConfigError
 
 
@@ -71,13 +74,6 @@ class DistInfo:
             return x
         size = x.shape[0] // self.world_size
         return x[self.rank * size : (self.rank + 1) * size]
-
-    def shard_batch(self, batch: Batch) -> Batch:
-        if not self.enabled:
-            return batch
-        return Batch(x_l={k: self.shard(v) for k, v in batch.x_l.items()}, y_l=self.shard(batch.y_l),
-                     idx_l=self.shard(batch.idx_l), x_u={k: self.shard(v) for k, v in batch.x_u.items()},
-                     idx_u=None if batch.idx_u is None else self.shard(batch.idx_u))
 
 
 def world() -> DistInfo:
@@ -132,8 +128,8 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
 @contextmanager
 def rank_rng(info: DistInfo, seed: int, step: int, device: torch.device, phase: int = 0) -> Iterator[None]:
     """Random numbers of this rank's own for the block (the network's dropout masks): every rank
-    shares one RNG stream, so that all make the same views, and without this would draw the same
-    masks for their different examples. Seeded by (seed, step, rank, phase), so resume stays exact;
+    seeds the global RNG alike (one run, one seed), and without this would draw the same masks for
+    their different examples. Seeded by (seed, step, rank, phase), so resume stays exact;
     the shared stream continues unchanged after the block. One process: no change at all."""
     if not info.enabled:
         yield
@@ -252,6 +248,19 @@ def all_reduce_mean_(tensors: list[torch.Tensor], info: DistInfo) -> None:
     flat /= info.world_size
     for t, part in zip(floats, flat.split([t.numel() for t in floats])):
         t.copy_(part.view_as(t))
+
+
+def mean_scalars(logs: dict[str, Any], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Scalar logs (tensors or numbers) as floats averaged over the ranks: one all-reduce of them
+    all, in sorted key order (every rank logs the same keys: the same code runs). One process:
+    the floats themselves."""
+    if not info.enabled or not logs:
+        return {k: float(v) for k, v in logs.items()}
+    keys = sorted(logs)
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.stack([torch.as_tensor(logs[k]).detach().to(on, torch.float64).reshape(()) for k in keys])
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / info.world_size).tolist()))
 
 
 def average_buffers_(modules: list[nn.Module | None], info: DistInfo) -> None:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ssl_kd.algorithm import Algorithm, Batch, Context
 from ssl_kd.augment.views import make_view
 from ssl_kd.config import Config
+from ssl_kd.data.draws import KeyedDraws, example_keys
 from ssl_kd.data.feed import StepFeed
 from ssl_kd.data.placement import place_data
 from ssl_kd.data.types import SSLData
@@ -93,9 +94,9 @@ class Trainer:
                 f"algorithm {t.algo!r} needs unlabelled data but dataset {t.dataset!r} is fully labelled; "
                 f"use a preset with a label count such as {t.dataset.split('_')[0]}_<labels>, or a supervised/KD algorithm"
             )
-        self.labelled = StepFeed(self.data.labelled_idx, t.batch_size, t.seed, self.data.train_x)
+        self.labelled = StepFeed(self.data.labelled_idx, t.batch_size, t.seed, self.data.train_x, self.dist.shard)
         self.unlabelled = (
-            StepFeed(self.data.unlabelled_idx, t.batch_size * t.uratio, t.seed + 1, self.data.train_x)
+            StepFeed(self.data.unlabelled_idx, t.batch_size * t.uratio, t.seed + 1, self.data.train_x, self.dist.shard)
             if self.algorithm.needs_unlabelled else None
         )
         self.step = 0
@@ -117,20 +118,26 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def views(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        out = {name: make_view(name, x, self.data.policy) for name in names}
+    def views(self, x: torch.Tensor, idx: torch.Tensor, names: tuple[str, ...], split: str) -> dict[str, torch.Tensor]:
+        """Views of this rank's part of the global batch, each example's from its own keyed stream
+        (seed, step, split/view, global position, index): one process and N draw the same views."""
+        offset = self.dist.rank * idx.shape[0]  # every rank's part has the same size (check_batch)
+        out = {name: make_view(name, x, self.data.policy,
+                               KeyedDraws(example_keys(self.cfg.train.seed, self.step, f"{split}/{name}", idx, offset)))
+               for name in names}
         if self.device.type == "cuda" and self.cfg.train.channels_last:
             out = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in out.items()}
         return out
 
     def next_batch(self) -> Batch:
+        """This rank's part of the step's batch: it gathers and augments its own examples only."""
         idx_l, x_l = next(self.labelled)
-        batch = Batch(x_l=self.views(x_l, self.algorithm.labelled_views), y_l=self.data.train_y[idx_l], idx_l=idx_l)
+        batch = Batch(x_l=self.views(x_l, idx_l, self.algorithm.labelled_views, "labelled"), y_l=self.data.train_y[idx_l], idx_l=idx_l)
         if self.unlabelled is not None:
             idx_u, x_u = next(self.unlabelled)
-            batch.x_u = self.views(x_u, self.algorithm.unlabelled_views)
+            batch.x_u = self.views(x_u, idx_u, self.algorithm.unlabelled_views, "unlabelled")
             batch.idx_u = idx_u
-        return self.dist.shard_batch(batch)
+        return batch
 
     def train_one_step(self) -> tuple[dict[str, Any], Any]:
         batch = self.next_batch()
@@ -307,7 +314,7 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
-                    scalars = {k: float(v) for k, v in logs.items()}
+                    scalars = distributed.mean_scalars(logs, self.dist, self.device)  # every rank's, not rank 0's half
                     scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
                     scalars["time/step_s"] = time.perf_counter() - start
                     logger.scalars(scalars, self.step)

@@ -1,6 +1,6 @@
 """Benchmarks of the influence module, printed as Markdown tables.
 
-    python -m ssl_kd.influence.bench [--sections timing,noise,cifar,full] [--device cpu] [--threads 1]
+    python -m benchmarks.influence_bench [--sections timing,noise,cifar,full] [--device cpu] [--threads 1]
 
 - timing: scoring a batch of 448 and one refresh solve for a WRN-28-2 head (128x10) and a
   WRN-28-8 head (512x100), on synthetic post-ReLU features (the times do not depend on the values,
@@ -9,7 +9,7 @@
   digits / on 5000 CIFAR-10 images (needs --data-dir with cifar10/cifar-10-batches-py);
 - full: Spearman agreement of head-restricted with full-network influence on a BatchNorm CNN.
 
-Projected multi-layer influence has its own script: `python -m ssl_kd.influence.bench_projected`.
+Projected multi-layer influence has its own script: `python -m benchmarks.influence_projected`.
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from typing import Callable
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks.toy import DIGITS_POLICY, TinyCNN, TinyMLP, as_input, digits, fit
 from ssl_kd.influence.errors import InfluenceError
 from ssl_kd.influence.full import FullConfig, full_influence, per_example_losses
 from ssl_kd.influence.head import HeadCurvature, mean_grad
 from ssl_kd.influence.noise import flip_detection_auc, flip_labels
 from ssl_kd.influence.solve import default_damping, solve_head_cg
-from ssl_kd.influence.toy import DIGITS_POLICY, TinyCNN, TinyMLP, as_input, digits, fit
 from ssl_kd.influence.weighter import InfluenceConfig, InfluenceWeighter
 
 

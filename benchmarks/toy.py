@@ -1,4 +1,4 @@
-"""Small networks and scikit-learn digits as tensors, for this package's tests and benchmarks
+"""Small networks and scikit-learn digits as tensors, for the tests and the benchmarks
 (seconds on a CPU, no downloads). The networks follow the `Classifier` contract."""
 from __future__ import annotations
 

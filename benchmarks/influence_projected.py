@@ -1,7 +1,7 @@
 """Benchmarks of projected multi-layer influence (projected.py) against head-restricted influence,
 printed as Markdown tables.
 
-    python -m ssl_kd.influence.bench_projected --sections fidelity,auc,timing --runs RUN [RUN ...]
+    python -m benchmarks.influence_projected --sections fidelity,auc,timing --runs RUN [RUN ...]
 
 - fidelity: Spearman with full-network influence (GGN, CG) on the BatchNorm CNN of bench.py's
   `full` section (same data, training and damping fraction);
@@ -24,10 +24,10 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
-from ssl_kd.influence.bench import head_influence, median_time
+from benchmarks.influence_bench import head_influence, median_time
+from benchmarks.toy import TinyCNN, as_input, digits, fit
 from ssl_kd.influence.full import FullConfig, eval_mode, full_influence
 from ssl_kd.influence.projected import ProjectedConfig, ProjectedInfluence
-from ssl_kd.influence.toy import TinyCNN, as_input, digits, fit
 from ssl_kd.influence.weighter import InfluenceConfig, InfluenceWeighter
 
 Scorer = Callable[[nn.Module, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
