@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ssl_kd.errors import SSLKDError
+from ssl_kd.errors import ConfigError, SSLKDError
 
 TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
 
@@ -31,13 +32,32 @@ class Variant:
     args: list[str] = field(default_factory=list)
 
 
-def run_one(variant: Variant, seed: int, common: list[str], out: Path) -> dict:
+def parse_variant(spec: str) -> Variant:
+    """`LABEL=train.py arguments` (a `--variant` option) as a Variant."""
+    label, sep, args = spec.partition("=")
+    if not sep or not label.strip():
+        raise ConfigError(f"--variant {spec!r}: write LABEL=\"train.py arguments\", e.g. nomask=\"--algo kdaif --set algo.threshold=0\"")
+    return Variant(label.strip(), shlex.split(args))
+
+
+def sets_split_seed(args: list[str]) -> bool:
+    """Whether train.py arguments set data.split_seed themselves (clashing with --vary-split)."""
+    return any("data.split_seed=" in a.replace(" ", "") for a in args)
+
+
+def seed_args(seed: int, vary_split: bool) -> list[str]:
+    """The per-seed train.py arguments: the training seed and, with `vary_split`, the split seed too, so
+    each seed draws its own labelled set, label-noise flips and mismatch pool."""
+    return ["--seed", str(seed), *(["--set", f"data.split_seed={seed}"] if vary_split else [])]
+
+
+def run_one(variant: Variant, seed: int, common: list[str], out: Path, vary_split: bool = False) -> dict:
     run_dir = out / f"{variant.label}_s{seed}"
     summary = run_dir / "summary.json"
     if not summary.exists() or json.loads(summary.read_text()).get("interrupted"):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [sys.executable, str(TRAIN), *common, *variant.args, "--seed", str(seed), "--out", str(run_dir), "--no-progress",
-               "--overwrite"]
+        cmd = [sys.executable, str(TRAIN), *common, *variant.args, *seed_args(seed, vary_split), "--out", str(run_dir),
+               "--no-progress", "--overwrite"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "logs" / f"{variant.label}_s{seed}.log").write_text(proc.stdout + proc.stderr)
@@ -62,13 +82,17 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
     return {f"final_{k}": v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def sweep(variants: list[Variant], seeds: list[int], common: list[str], out: Path, jobs: int, metric: str) -> list[dict]:
-    """Run every variant x seed and return one row per variant with the median, min and max of `metric`."""
+def sweep(variants: list[Variant], seeds: list[int], common: list[str], out: Path, jobs: int, metric: str,
+          vary_split: bool = False) -> list[dict]:
+    """Run every variant x seed and return one row per variant with the median, min and max of `metric`;
+    with `vary_split`, seed k also sets data.split_seed=k."""
+    if vary_split and (sets_split_seed(common) or any(sets_split_seed(v.args) for v in variants)):
+        raise ConfigError("--vary-split sets data.split_seed to each seed; drop the --set data.split_seed=... given with it")
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(v, s) for v in variants for s in seeds]
     results: dict[tuple[str, int], dict] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(tasks), desc="runs") as bar:
-        futures = {pool.submit(run_one, v, s, common, out): (v.label, s) for v, s in tasks}
+        futures = {pool.submit(run_one, v, s, common, out, vary_split): (v.label, s) for v, s in tasks}
         for future in futures:
             results[futures[future]] = future.result()
             bar.update(1)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ssl_kd.errors import ConfigError
-from ssl_kd.paired import bootstrap_interval, paired, read_runs
+from ssl_kd.paired import bootstrap_interval, paired, read_runs, sign_test, t_interval
 from tools.paired import main as paired_main
 
 
@@ -30,11 +30,30 @@ def test_bootstrap_of_two_differences_spans_them() -> None:
 
 
 def test_paired_difference_uses_common_seeds_only() -> None:
-    result = paired({0: 80.0, 1: 82.0, 2: 90.0, 3: 50.0}, {0: 79.0, 1: 83.0, 2: 86.0}, 1000, 0)
-    assert result.pairs == 3 and result.mean == pytest.approx(4 / 3)
-    assert (result.wins, result.losses, result.ties) == (2, 1, 0)
+    result = paired({0: 80.0, 1: 82.0, 2: 90.0, 3: 50.0, 4: 70.0, 5: 71.0},
+                    {0: 79.0, 1: 83.0, 2: 86.0, 4: 70.0, 5: 69.0}, 1000, 0)
+    assert result.pairs == 5 and result.mean == pytest.approx(6 / 5)
+    assert (result.wins, result.losses, result.ties) == (3, 1, 1)
     assert -1.0 <= result.low < result.mean < result.high <= 4.0
+    assert result.t_low < result.low and result.t_high > result.mean
+    assert result.sign_p == pytest.approx(0.625)  # 3 wins, 1 loss: 2 * P(X >= 3 | n=4) = 2 * 5/16
     assert paired({5: 1.0}, {0: 1.0}, 100, 0) is None
+
+
+def test_t_interval_and_sign_test_by_hand() -> None:
+    # diffs 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776445
+    low, high = t_interval(np.arange(1.0, 6.0))
+    half = 2.7764451051977987 * np.sqrt(2.5) / np.sqrt(5)
+    assert (low, high) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    assert t_interval(np.array([2.0] * 5)) == (2.0, 2.0)
+    assert sign_test(5, 0) == pytest.approx(2 / 32) and sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)
+
+
+def test_below_five_pairs_no_interval_only_wlt_and_sign_p() -> None:
+    result = paired({0: 80.0, 1: 82.0, 2: 90.0, 3: 81.0}, {0: 79.0, 1: 83.0, 2: 86.0, 3: 80.0}, 1000, 0)
+    assert result.pairs == 4 and (result.low, result.high, result.t_low, result.t_high) == (None,) * 4
+    assert (result.wins, result.losses, result.ties) == (3, 1, 0) and result.sign_p == pytest.approx(0.625)
 
 
 def test_table_pairs_runs_across_sweep_folders(tmp_path, capsys) -> None:
@@ -49,9 +68,9 @@ def test_table_pairs_runs_across_sweep_folders(tmp_path, capsys) -> None:
     assert paired_main([str(tmp_path / d) for d in "abc"] + ["--ref", "kd", "--out", str(out)]) == 0
     text = out.read_text()
     assert "### digits_30, 1000 steps\n" in text and "### digits_30, 1000 steps, data.unlabelled_mismatch=0.5" in text
-    assert "| ours | 0,1,2 | 82.0 (80.0-90.0) | +1.33 [" in text and "(n=3) | 2/1/0 |" in text
-    assert "| kd_plus2 | 0,1,2 | 85.0 (81.0-88.0) | +2.00 [+2.00, +2.00] (n=3) | 3/0/0 |" in text
-    assert "| kd | 0,1,2 | 10.0 (10.0-10.0) |  |  |" in text
+    assert "| ours | 0,1,2 | 82.0 (80.0-90.0) | +1.33 (n=3) | - | - | 2/1/0 | 1.000 |" in text  # 3 pairs: no interval
+    assert "| kd_plus2 | 0,1,2 | 85.0 (81.0-88.0) | +2.00 (n=3) | - | - | 3/0/0 | 0.250 |" in text
+    assert "| kd | 0,1,2 | 10.0 (10.0-10.0) |  |  |  |  |  |" in text
     assert "ours_s3" in capsys.readouterr().err
 
 
@@ -70,3 +89,29 @@ def test_final_metrics_and_unknown_metric(tmp_path) -> None:
         read_runs([tmp_path], "nope")
     with pytest.raises(ConfigError, match="neither a run folder"):
         read_runs([tmp_path / "kd_s0" / "missing"], "last_top1")
+
+
+def test_vary_split_runs_pair_by_seed_and_split_seed(tmp_path) -> None:
+    # --vary-split: run k has data.split_seed=k; same setting, paired seed by seed
+    for seed in range(5):
+        fake_run(tmp_path / "v" / f"flexmatch_s{seed}", "flexmatch", seed, 80.0 + seed, split_seed=seed)
+        fake_run(tmp_path / "v" / f"flexmatch_w_s{seed}", "flexmatch", seed, 81.0 + seed + (seed % 2), split_seed=seed)
+    out = tmp_path / "table.md"
+    assert paired_main([str(tmp_path / "v"), "--ref", "flexmatch", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("### ") == 1 and "### digits_30, 1000 steps, data.split_seed=seed (--vary-split)\n" in text
+    row = next(line for line in text.splitlines() if line.startswith("| flexmatch_w |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "0,1,2,3,4" and cells[3] == "+1.40 (n=5)" and cells[6] == "5/0/0" and cells[7] == "0.062"
+    assert cells[4] != "-" and cells[5].startswith("[+0.")  # both intervals from 5 pairs on
+
+
+def test_runs_with_another_split_seed_do_not_pair(tmp_path) -> None:
+    fake_run(tmp_path / "kd_s1", "kd", 1, 50.0, split_seed=1)
+    fake_run(tmp_path / "ours_s1", "kdaif", 1, 60.0, split_seed=0)
+    runs, _ = read_runs([tmp_path], "last_top1")
+    assert {r.setting for r in runs} == {"digits_30, 1000 steps"}
+    out = tmp_path / "t.md"
+    assert paired_main([str(tmp_path), "--ref", "kd", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "split seeds vary" in text and "| ours | 1/0 | 60.0 (60.0-60.0) |  |" in text  # no common pair

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -55,3 +56,25 @@ def test_sweep_writes_table_and_reuses_finished_runs(tmp_path):
 def test_sweep_reports_a_failing_run(tmp_path):
     proc = run_tool("tools/sweep.py", "--algos", "nosuchalgo", "--dataset", "digits_30", "--seeds", "1", "--out", str(tmp_path))
     assert proc.returncode == 2 and "nosuchalgo" in proc.stderr
+
+
+def test_sweep_variants_and_vary_split_give_each_seed_its_own_split(tmp_path):
+    proc = run_tool("tools/sweep.py", "--variant", "sup=--algo supervised", "--variant", "sup_lr=--algo supervised --lr 0.01",
+                    "--vary-split", "--dataset", "digits_30", "--seeds", "2", "--out", str(tmp_path), "--",
+                    "--steps", "1", "--batch-size", "4", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    for label in ("sup", "sup_lr"):
+        for seed in (0, 1):
+            config = yaml.safe_load((tmp_path / f"{label}_s{seed}" / "config.yaml").read_text())
+            assert config["data"]["split_seed"] == seed and config["train"]["seed"] == seed
+    assert "| sup_lr |" in proc.stdout and "`--algo supervised --lr 0.01`" in proc.stdout
+
+
+def test_sweep_refuses_a_split_seed_clash_and_bad_variants(tmp_path):
+    clash = run_tool("tools/sweep.py", "--algos", "supervised", "--vary-split", "--dataset", "digits_30", "--out", str(tmp_path),
+                     "--", "--set", "data.split_seed=3")
+    assert clash.returncode == 2 and "--vary-split" in clash.stderr and "Traceback" not in clash.stderr
+    bad = run_tool("tools/sweep.py", "--variant", "--algo kd", "--dataset", "digits_30", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "LABEL=" in bad.stderr
+    twice = run_tool("tools/sweep.py", "--algos", "kd", "--variant", "kd=--algo kd", "--dataset", "digits_30", "--out", str(tmp_path))
+    assert twice.returncode == 2 and "repeat (kd)" in twice.stderr

@@ -11,13 +11,12 @@ run again, so a second `--metric` (e.g. `final_ema_val_top1`, `final_noise_auc`)
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 from ssl_kd.data.build import parse_dataset_name
 from ssl_kd.errors import ConfigError, SSLKDError
-from ssl_kd.sweep import Variant, sweep
+from ssl_kd.sweep import Variant, parse_variant, sweep
 from ssl_kd.teacher import TEACHER_UPDATES
 
 SCHEDULES = ("static", "periodic", "online")
@@ -36,11 +35,7 @@ def variants(ssl: bool, updates: list[str], schedules: list[str], references: bo
         for schedule in schedules:
             rows.append(Variant(f"kdaif_{update}_{schedule}", ["--algo", "kdaif", *teacher, "--set", f"algo.teacher_update={update}",
                                                                "--set", f"algo.schedule={schedule}"]))
-    for spec in extra:
-        label, sep, args = spec.partition("=")
-        if not sep or not label:
-            raise ConfigError(f"--variant {spec!r}: write LABEL=\"train.py arguments\", e.g. nomask=\"--algo kdaif --set algo.threshold=0\"")
-        rows.append(Variant(label, shlex.split(args)))
+    rows.extend(parse_variant(spec) for spec in extra)
     return rows
 
 
