@@ -18,6 +18,7 @@ from pathlib import Path
 from ssl_kd.errors import SSLKDError
 from ssl_kd.influence import InfluenceConfig, write_report
 from ssl_kd.influence.explain import SPLITS
+from ssl_kd.trainer.rundir import os_error_message
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for flag, value in (("--limit", args.limit), ("--top", args.top)):
+        if value < 0:
+            print(f"error: {flag} {value}: give 0 or more", file=sys.stderr)
+            return 2
     try:
         from ssl_kd.trainer.checkpoint import load_run
 
@@ -60,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                 writer.close()
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a read-only or misplaced --out
+        print(f"error: {os_error_message(err, Path(err.filename or args.out or '.'), 'write the explanation into')}", file=sys.stderr)
         return 2
     for kind, path in paths.items():
         print(f"{kind:>9}: {path}")
