@@ -53,6 +53,10 @@ def test_a_copied_checkpoint_never_resumes_into_another_folder(two_runs, run_cli
     err = capsys.readouterr().err
     assert code == 2 and "does not belong" in err and "--out" in err
     assert files(b) == before  # b's last.pt, config.yaml and metrics.jsonl untouched
+    from tests.test_plugins import load_tool
+
+    assert load_tool("explain").main(["--ckpt", str(copy), "--device", "cpu", "--limit", "10"]) == 2  # nor explain
+    assert "--out" in capsys.readouterr().err and files(b) == before
     loose = tmp_path / "mine" / "x" / "copy.pt"  # a user's folder: not filled with run files
     loose.parent.mkdir(parents=True)
     shutil.copy(a / "checkpoints" / "last.pt", loose)
@@ -296,3 +300,16 @@ def test_only_rank_0_prints_the_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "train", lambda *args, **kwargs: {"steps": 2})
     assert cli.main(quick_args(tmp_path / "run", "supervised", 2)) == 0
     assert json.loads(capsys.readouterr().out) == {"steps": 2}
+
+
+# ----- issue 17.4: checkpoint.py only reads and writes state -----------------------------------------
+
+def test_checkpoint_module_does_not_build_runs():
+    import ast
+
+    source = (REPO / "ssl_kd" / "trainer" / "checkpoint.py").read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"ssl_kd.run", "ssl_kd.trainer.trainer", "ssl_kd.plugins"}
+    from ssl_kd.run import load_run  # rebuilding a run lives with the code that builds runs
+
+    assert callable(load_run)

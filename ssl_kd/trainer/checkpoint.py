@@ -1,4 +1,5 @@
-"""Atomic checkpoints (`last.pt`, `best.pt`) and loading a run back from one."""
+"""Atomic checkpoints (`last.pt`, `best.pt`): writing them, and reading them back whole and finite
+(rebuilding a run from one is ssl_kd.run.load_run)."""
 from __future__ import annotations
 
 import errno
@@ -7,15 +8,12 @@ import pickle
 import secrets
 import shutil
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ssl_kd.config import Config
-from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError
 from ssl_kd.trainer.guard import nonfinite_parts
 from ssl_kd.trainer.rundir import TMP_SUFFIX, os_error_message
@@ -122,40 +120,3 @@ def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], what: s
             f"{what} in {path} does not fit the configured network ({first}); "
             "use the same --net and dataset as the run that wrote it"
         )
-
-
-@dataclass
-class LoadedRun:
-    """A finished or interrupted run, rebuilt for evaluation or explanation."""
-
-    cfg: Config
-    data: SSLData
-    model: nn.Module
-    ema_model: nn.Module | None
-    run_dir: Path
-    step: int
-    state: dict[str, Any]
-
-
-def load_run(path: str | Path, device: str = "auto", data_dir: str = "", plugins: list[str] | tuple[str, ...] = ()) -> LoadedRun:
-    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder),
-    loading the plug-ins it recorded (or `plugins` instead, when given)."""
-    from ssl_kd.plugins import load_recorded
-    from ssl_kd.run import build_data, build_network, config_from_dict, pick_device
-
-    ckpt = resolve_checkpoint(path)
-    dev = pick_device(device)
-    state = load_checkpoint(ckpt, dev)
-    load_recorded(state.get("plugins"), list(plugins), f"the run of {ckpt}")
-    cfg = config_from_dict(state["config"])
-    if data_dir:
-        cfg.train.data_dir = data_dir
-    data = build_data(cfg).to(dev)
-    model = build_network(cfg.train.net, data).to(dev)
-    load_module_state(model, state["model"], "model", ckpt)
-    ema_model = None
-    if state.get("ema") is not None:
-        ema_model = build_network(cfg.train.net, data).to(dev)
-        load_module_state(ema_model, state["ema"], "EMA model", ckpt)
-    model.eval()
-    return LoadedRun(cfg, data, model, ema_model, ckpt.parent.parent, int(state["step"]), state)

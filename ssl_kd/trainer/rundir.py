@@ -53,14 +53,20 @@ def recorded_run_id(run_dir: Path) -> str | None:
     return content.get("run_id") if isinstance(content, dict) else None
 
 
-def check_belongs(ckpt: Path, ckpt_run_id: str | None, run_dir: Path) -> None:
-    """Refuse to resume checkpoint `ckpt` into `run_dir` unless it is that folder's run (same run id;
-    for runs from before run ids, a `checkpoints/` file of a folder that has a config.yaml and no id)."""
+def belongs(ckpt: Path, ckpt_run_id: str | None, run_dir: Path) -> bool:
+    """Whether checkpoint `ckpt` is `run_dir`'s run: the same run id, or, for runs from before run
+    ids, a `checkpoints/` file of a folder that has a config.yaml without one."""
     folder_id = recorded_run_id(run_dir)
-    if ckpt_run_id and folder_id == ckpt_run_id:
+    if ckpt_run_id:
+        return folder_id == ckpt_run_id
+    return folder_id is None and ckpt.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file()
+
+
+def check_belongs(ckpt: Path, ckpt_run_id: str | None, run_dir: Path) -> None:
+    """Refuse to resume checkpoint `ckpt` into `run_dir` unless it is that folder's run."""
+    if belongs(ckpt, ckpt_run_id, run_dir):
         return
-    if not ckpt_run_id and folder_id is None and ckpt.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
-        return
+    folder_id = recorded_run_id(run_dir)
     why = ("it holds another run" if folder_id else "it is not a run folder" if not (run_dir / "config.yaml").is_file()
            else "its run cannot be matched to the checkpoint")
     raise ConfigError(f"--resume {ckpt}: the checkpoint does not belong to {run_dir} ({why}), which resuming would write "
