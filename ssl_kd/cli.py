@@ -166,7 +166,7 @@ def resume_plan(args: argparse.Namespace, flags: dict[str, Any]) -> Plan:
                           f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change, and "
                           f"--out NEW [--overwrite] continues it in another folder)")
     state = load_checkpoint(ckpt, required=RESUME_KEYS)  # whole and finite, or refused before anything is written
-    fork = bool(args.out)
+    fork = bool(args.out) and Path(args.out).resolve() != ckpt.parent.parent.resolve()  # --out its own folder: in place
     run_dir = Path(args.out) if fork else ckpt.parent.parent
     if not fork:
         check_belongs(ckpt, state.get("run_id"), run_dir)
@@ -196,8 +196,9 @@ def check_extension(cfg: Config, step: int, steps: int, extend: bool) -> None:
                           f"depend on it, so the result would match neither run; add --extend to change the total "
                           f"from step {step} on, or drop --steps to finish the run as planned")
     cfg.train.extended = [*cfg.train.extended, f"step {step}: total {old} -> {steps}"]
-    print(f"extending the run from {old} to {steps} steps at step {step}: the schedule continues as if the run "
-          f"had been planned for {steps} steps (recorded as train.extended)", file=sys.stderr)
+    if distributed.env_is_main():
+        print(f"extending the run from {old} to {steps} steps at step {step}: the schedule continues as if the run "
+              f"had been planned for {steps} steps (recorded as train.extended)", file=sys.stderr)
 
 
 def _load_yaml(path: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ssl_kd.errors import ConfigError
 from ssl_kd.registry import discover_all
+from ssl_kd.trainer.distributed import env_is_main
 
 
 _LOADED: dict[str, dict[str, str]] = {}  # absolute path -> record, for plug-in files loaded in this process
@@ -90,7 +91,7 @@ def load_recorded(records: list[dict[str, Any]] | None, given: list[str], what: 
         if spec.endswith(".py") and not path.is_file():
             raise ConfigError(f"{what} was trained with the plug-in {path}, which is missing; restore it, "
                               f"or pass its new location with --plugin FILE")
-        if path.is_file() and record.get("sha256") and file_sha256(path) != record["sha256"]:
+        if path.is_file() and record.get("sha256") and file_sha256(path) != record["sha256"] and env_is_main():
             print(f"warning: the plug-in {path} changed since {what} was trained (sha256 "
                   f"{record['sha256'][:12]} -> {file_sha256(path)[:12]}); loading the current file", file=sys.stderr)
         loaded.append({**load_plugin(str(path) if spec.endswith(".py") else spec), "spec": spec})
@@ -105,7 +106,7 @@ def current(records: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 def warn_versions(records: list[dict[str, Any]] | None, what: str) -> None:
     """Say when a run was trained with more than one version of its plug-ins, with their step ranges."""
     records = records or []
-    if len(current(records)) == len(records):
+    if len(current(records)) == len(records) or not env_is_main():
         return
     versions = "; ".join(f"{r['path']} sha256 {(r.get('sha256') or '?')[:12]} steps {r.get('from_step', 0)}-"
                          f"{r.get('to_step', '')}" for r in records)

@@ -285,7 +285,7 @@ def test_a_dead_peer_is_one_line_naming_the_rank_and_the_resume(tmp_path, monkey
     monkeypatch.setattr(cli, "train", peer_died)
     assert cli.main(quick_args(tmp_path / "run", "supervised", 2)) == 2
     err = capsys.readouterr().err
-    assert "rank 0 of 2" in err and "--resume" in err and len(err.strip().splitlines()) == 1
+    assert "rank 0 of 2" in err and "rank 1 stopped" in err and "--resume" in err and len(err.strip().splitlines()) == 1
 
 
 # ----- 11. under torchrun only rank 0 prints ---------------------------------------------------------

@@ -106,8 +106,11 @@ def is_peer_failure(err: BaseException) -> bool:
 def peer_failure(err: BaseException) -> str:
     """One line for a collective that failed because another process of the job died or hung."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-    return (f"rank {os.environ.get('RANK', '?')} of {env_world_size()}: a collective failed ({first[:200]}); another "
-            f"process of the job stopped or hung (its own log names it)")
+    rank, size = int(os.environ.get("RANK", "0")), env_world_size()
+    others = [r for r in range(size) if r != rank]
+    who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
+    return (f"rank {rank} of {size}: a collective failed ({first[:160]}...): {who} stopped or hung "
+            f"(its own log above says why)")
 
 
 def init_from_env(device: torch.device, timeout_s: float = 600.0) -> tuple[DistInfo, torch.device]:
