@@ -83,8 +83,10 @@ def test_temporary_names_are_unique_and_stale_ones_removed(tmp_path, monkeypatch
     ckpts.mkdir(parents=True)
     (ckpts / "last.pt.tmp").write_bytes(b"stale")  # left by a killed process
     (ckpts / "last.pt.abc123.tmp").write_bytes(b"stale")
+    lock_tmp = tmp_path / "run" / f".lock.{dead_pid()}-ab12.tmp"  # a lock taker killed before it linked the lock
+    lock_tmp.write_text("1\n")
     RunDir(tmp_path / "run", resume=True, overwrite=False).close()
-    assert not list(ckpts.glob("*.tmp"))
+    assert not list(ckpts.glob("*.tmp")) and not lock_tmp.exists()
     names = []
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f: (names.append(Path(f).name), real_save(obj, f)))

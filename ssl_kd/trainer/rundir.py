@@ -158,7 +158,7 @@ class RunLock:
             tmp.write_text(self.record + "\n")
             for _ in range(100):
                 try:
-                    os.link(tmp, self.path)
+                    self._create(tmp)
                     self.held = True
                     return
                 except FileExistsError:
@@ -170,6 +170,19 @@ class RunLock:
         finally:
             tmp.unlink(missing_ok=True)
         raise ConfigError(f"could not take the lock {self.path}; another process keeps recreating it")
+
+    def _create(self, tmp: Path) -> None:
+        """The lock file, whole from its first moment (a hard link of `tmp`); FileExistsError if taken."""
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError as err:  # a file system without hard links: create exclusively, then write
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.record + "\n")
 
     def _take_over(self, tmp: Path) -> bool:
         """Replace a stale lock by `tmp` (True), refuse a live one, or False when the lock vanished
@@ -203,8 +216,12 @@ class RunLock:
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:
-    """Delete temporary checkpoint files left by a killed process (call with the lock held)."""
+    """Delete temporary checkpoint and lock files left by a killed process (call with the lock held)."""
     stale = sorted((run_dir / "checkpoints").glob(f"*{TMP_SUFFIX}")) if (run_dir / "checkpoints").is_dir() else []
+    for lock_tmp in run_dir.glob(f"{LOCK_NAME}.*-*{TMP_SUFFIX}"):  # .lock.<pid>-<token>.tmp of a taker that died
+        pid = lock_tmp.name[len(LOCK_NAME) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.append(lock_tmp)
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
