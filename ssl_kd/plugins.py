@@ -70,8 +70,11 @@ def load_plugin(spec: str) -> dict[str, str]:
 
 
 def where(err: BaseException) -> str:
-    """` (at FILE:LINE)` of the innermost frame in user code, not in importlib's frozen machinery."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
+    """` (at FILE:LINE)` of the innermost frame in the plug-in's own code, not in importlib's machinery
+    nor in this loader ("" when the import failed before any of its code ran, e.g. no such module)."""
+    machinery = (str(Path(importlib.__file__).parent), __file__)
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith("<frozen") and not f.filename.startswith(machinery)]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
