@@ -334,13 +334,13 @@ def run_main(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:  # a Ctrl-C outside the loop's handler (e.g. during the TensorBoard flush)
         print(f"\ninterrupted; nothing after the last checkpoint is saved. Resume with: python tools/train.py "
-              f"--resume {args.resume or args.out or 'RUN_FOLDER'}", file=sys.stderr)
+              f"--resume {args.out or args.resume or 'RUN_FOLDER'}", file=sys.stderr)
         return 130
     except RuntimeError as err:
         if not distributed.is_peer_failure(err):
             raise
         print(f"error: {distributed.peer_failure(err)}; resume every process with: torchrun ... tools/train.py "
-              f"--resume {args.resume or args.out or 'RUN_FOLDER'}", file=sys.stderr)
+              f"--resume {args.out or args.resume or 'RUN_FOLDER'}", file=sys.stderr)
         return 2
     return 0
 

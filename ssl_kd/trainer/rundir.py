@@ -54,21 +54,19 @@ def recorded_run_id(run_dir: Path) -> str | None:
 
 
 def belongs(ckpt: Path, ckpt_run_id: str | None, run_dir: Path) -> bool:
-    """Whether checkpoint `ckpt` is `run_dir`'s run: the same run id, or, for runs from before run
-    ids, a `checkpoints/` file of a folder that has a config.yaml without one."""
-    folder_id = recorded_run_id(run_dir)
+    """Whether checkpoint `ckpt` is `run_dir`'s run: the same run id, or, for a checkpoint from before
+    run ids (its folder may have gained one since, at a resume), a `checkpoints/` file of a run folder."""
     if ckpt_run_id:
-        return folder_id == ckpt_run_id
-    return folder_id is None and ckpt.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file()
+        return recorded_run_id(run_dir) == ckpt_run_id
+    return ckpt.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file()
 
 
 def check_belongs(ckpt: Path, ckpt_run_id: str | None, run_dir: Path) -> None:
     """Refuse to resume checkpoint `ckpt` into `run_dir` unless it is that folder's run."""
     if belongs(ckpt, ckpt_run_id, run_dir):
         return
-    folder_id = recorded_run_id(run_dir)
-    why = ("it holds another run" if folder_id else "it is not a run folder" if not (run_dir / "config.yaml").is_file()
-           else "its run cannot be matched to the checkpoint")
+    why = ("it is not a run folder" if not (run_dir / "config.yaml").is_file() else "it holds another run" if ckpt_run_id
+           else "the checkpoint records no run id and is not in the folder's checkpoints/")
     raise ConfigError(f"--resume {ckpt}: the checkpoint does not belong to {run_dir} ({why}), which resuming would write "
                       f"into; resume its own run folder, or continue it in a new folder with --resume {ckpt} --out NEW_FOLDER")
 
