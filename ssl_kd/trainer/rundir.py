@@ -17,6 +17,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -189,7 +190,8 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             holder = self._holder()
-            if holder is None:
+            if holder is None or (not holder and self._age() < 1.0):
+                time.sleep(0.01)  # gone, or just created and not yet written (no hard links): try again
                 return False
             fields = holder.split()
             if holder_alive(holder) and not (fields and fields[0] == str(os.getpid())):
@@ -199,6 +201,12 @@ class RunLock:
             return True
         finally:
             os.close(fd)  # releases the flock
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def _holder(self) -> str | None:
         """The lock's content, or None when there is no lock file."""
