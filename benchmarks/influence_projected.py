@@ -84,7 +84,7 @@ def fidelity(seeds: int) -> None:
 
 
 def correctness_auc(runs: list[str], curvature_size: int) -> None:
-    from ssl_kd.trainer.checkpoint import load_run
+    from ssl_kd.run import load_run
     from ssl_kd.run import build_network
 
     rows = estimators((512, 2048), 2048)

@@ -17,14 +17,14 @@ import yaml
 from ssl_kd.config import Config, TrainConfig
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError, SSLKDError
-from ssl_kd.plugins import load_plugins, load_recorded
+from ssl_kd.plugins import load_plugins, load_recorded, with_history
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
 from ssl_kd.run import (algorithm_class, build_data, config_from_dict, config_summary, pick_device, resolve_config, validate,
                         validate_for_data)
-from ssl_kd.trainer.checkpoint import load_checkpoint, resolve_checkpoint
-from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer.checkpoint import RESUME_KEYS, load_checkpoint, resolve_checkpoint
+from ssl_kd.trainer.logger import RunLogger, read_metrics
 from ssl_kd.trainer import distributed
-from ssl_kd.trainer.rundir import RunDir, os_error_message
+from ssl_kd.trainer.rundir import RunDir, check_belongs, never_saved, new_run_id, os_error_message
 from ssl_kd.trainer.trainer import Interrupted, Trainer
 
 # Flags that map one-to-one onto TrainConfig fields (argparse dest -> field).
@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override any config value, e.g. --set algo.threshold=0.9 --set data.split_seed=1")
     p.add_argument("--data-dir", help="data folder (default: $SSL_KD_DATA, else ./data)")
     p.add_argument("--download", action="store_const", const=True, help="download missing datasets")
-    p.add_argument("--out", help="run folder (default: runs/<algo>_<dataset>_s<seed>_<time>)")
+    p.add_argument("--out", help="run folder (default: runs/<algo>_<dataset>_s<seed>_<time>); with --resume: continue "
+                                 "the checkpoint's run in this new folder instead of its own")
     p.add_argument("--overwrite", action="store_true", help="clear the run folder first if it already holds a run")
     p.add_argument("--seed", type=int, help=f"training seed: initialisation, batches, augmentation (default: {d.seed})")
     p.add_argument("--steps", type=int, help="total training steps (default: the dataset preset's)")
@@ -132,6 +133,8 @@ class Plan:
     ckpt: Path | None = None  # resume from this checkpoint
     plugins: list[dict[str, str]] = dataclasses.field(default_factory=list)  # the run's plug-in records
     overwrite: bool = False
+    run_id: str = ""  # the run folder's identity, recorded in config.yaml and every checkpoint
+    fork: bool = False  # resume `ckpt` into a new folder (--resume CKPT --out NEW) rather than its own
 
 
 def prepare(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
@@ -148,28 +151,40 @@ def make_plan(args: argparse.Namespace) -> Plan:
         return resume_plan(args, flags)
     plugins = load_plugins(args.plugin)
     yaml_content = _load_yaml(args.config) if args.config else {}
+    yaml_content.pop("run_id", None)  # a run's config.yaml: a new run is a new folder
     if "plugins" in yaml_content:  # a run's config.yaml: its plug-ins come with it
         plugins += load_recorded(yaml_content.pop("plugins"), [], f"--config {args.config}")
+    plugins = [{**p, "from_step": 0} for p in plugins]
     args.set = [*(f"algo.{k}={getattr(args, k)}" for k in ("teacher_ckpt", "teacher_net") if getattr(args, k)), *args.set]
     if args.no_progress:
         args.set = [*args.set, "train.progress=false"]
     cfg = resolve_config(yaml_content, flags, args.set)
     run_dir = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg)
     cfg.train.out = str(run_dir)
-    return Plan(cfg, run_dir, None, plugins, args.overwrite)
+    return Plan(cfg, run_dir, None, plugins, args.overwrite, new_run_id())
 
 
 def resume_plan(args: argparse.Namespace, flags: dict[str, Any]) -> Plan:
-    """--resume: the saved config (only RESUME_OVERRIDABLE may change) and the run's plug-ins."""
+    """--resume: the saved config (only RESUME_OVERRIDABLE may change) and the run's plug-ins, into the
+    checkpoint's own run folder, or into a new --out. Everything is checked here, before any write."""
+    given = Path(args.resume)
+    if given.is_dir() and never_saved(given):
+        raise ConfigError(f"run folder {given} has no checkpoint: it stopped before its first evaluation, so there is "
+                          f"nothing to resume; start it again with the same command without --resume (its leftovers are replaced)")
     ckpt = resolve_checkpoint(args.resume)
-    extra = sorted(set(flags) - set(RESUME_OVERRIDABLE))
+    extra = sorted(set(flags) - set(RESUME_OVERRIDABLE) - {"out"})
     extra += [k for k in ("teacher_ckpt", "teacher_net") if getattr(args, k)]
-    if extra or args.set or args.config or args.overwrite:
+    if extra or args.set or args.config or (args.overwrite and not args.out):
         raise ConfigError(f"--resume continues a run with its saved config; drop {', '.join('--' + e.replace('_', '-') for e in extra) or '--set/--config/--overwrite'} "
-                          f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change)")
-    state = load_checkpoint(ckpt)
-    run_dir = ckpt.parent.parent
-    plugins = load_recorded(state.get("plugins"), args.plugin, f"the run {run_dir}")
+                          f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change, and "
+                          f"--out NEW [--overwrite] continues it in another folder)")
+    state = load_checkpoint(ckpt, required=RESUME_KEYS)  # whole and finite, or refused before anything is written
+    fork = bool(args.out) and Path(args.out).resolve() != ckpt.parent.parent.resolve()  # --out its own folder: in place
+    run_dir = Path(args.out) if fork else ckpt.parent.parent
+    if not fork:
+        check_belongs(ckpt, state.get("run_id"), run_dir)
+    recorded = state.get("plugins")
+    plugins = with_history(recorded, load_recorded(recorded, args.plugin, f"the run {ckpt.parent.parent}"), int(state["step"]))
     cfg = config_from_dict(state["config"])
     steps = flags.get("steps", cfg.train.steps)
     if steps != cfg.train.steps:
@@ -178,7 +193,9 @@ def resume_plan(args: argparse.Namespace, flags: dict[str, Any]) -> Plan:
         setattr(cfg.train, key, value)
     validate(cfg)
     cfg.train.progress = cfg.train.progress and not args.no_progress
-    return Plan(cfg, run_dir, ckpt, plugins)
+    cfg.train.out = str(run_dir)
+    run_id = new_run_id() if fork else state.get("run_id") or new_run_id()
+    return Plan(cfg, run_dir, ckpt, plugins, args.overwrite, run_id, fork)
 
 
 def check_extension(cfg: Config, step: int, steps: int, extend: bool) -> None:
@@ -192,51 +209,63 @@ def check_extension(cfg: Config, step: int, steps: int, extend: bool) -> None:
                           f"depend on it, so the result would match neither run; add --extend to change the total "
                           f"from step {step} on, or drop --steps to finish the run as planned")
     cfg.train.extended = [*cfg.train.extended, f"step {step}: total {old} -> {steps}"]
-    print(f"extending the run from {old} to {steps} steps at step {step}: the schedule continues as if the run "
-          f"had been planned for {steps} steps (recorded as train.extended)", file=sys.stderr)
+    if distributed.env_is_main():
+        print(f"extending the run from {old} to {steps} steps at step {step}: the schedule continues as if the run "
+              f"had been planned for {steps} steps (recorded as train.extended)", file=sys.stderr)
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
     from ssl_kd.config import load_yaml
 
-    return load_yaml(path)
+    content = load_yaml(path)
+    if not content:
+        raise ConfigError(f"--config {path} is empty; give a YAML file with train:/data:/algo: sections (e.g. a run's "
+                          f"config.yaml), or drop --config to train with the defaults")
+    return content
 
 
 def train(cfg: Config, run_dir: Path, ckpt: Path | None = None, plugins: list[dict[str, str]] | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
+          overwrite: bool = False, run_id: str = "", fork: bool = False) -> dict[str, Any]:
     """Train one run in `run_dir` (locked for the run's lifetime by rank 0, which alone writes it);
-    a start that fails before the first step leaves no run folder behind."""
+    a start that fails before the first step leaves no run folder behind. `fork`: `ckpt` continues
+    in `run_dir`, a new folder, rather than in its own."""
     dist, device = distributed.init_from_env(pick_device(cfg.train.device), cfg.train.dist_timeout_s)
     distributed.check_batch(dist, cfg.train.batch_size)
     data = build_data(cfg)
     validate_for_data(cfg, data)
-    folder = RunDir(run_dir, resume=ckpt is not None, overwrite=overwrite) if dist.is_main else None
+    in_place = ckpt is not None and not fork
+    folder = RunDir(run_dir, resume=in_place, overwrite=overwrite) if dist.is_main else None
     try:
         try:
-            trainer = start_run(cfg, data, device, run_dir, ckpt, plugins or [], dist)
+            trainer = start_run(cfg, data, device, run_dir, ckpt, plugins or [], dist, run_id or new_run_id(), in_place)
         except BaseException:
             if folder is not None:
                 folder.discard()
             raise
-        return run_loop(cfg, trainer, run_dir, ckpt is not None, dist)
+        return run_loop(cfg, trainer, run_dir, in_place, dist)
     finally:
         if folder is not None:
             folder.close()
 
 
 def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | None,
-              plugins: list[dict[str, str]], dist: distributed.DistInfo) -> Trainer:
+              plugins: list[dict[str, str]], dist: distributed.DistInfo, run_id: str, in_place: bool) -> Trainer:
+    """The trainer, restored from `ckpt` if given; config.yaml is written only once every check
+    (checkpoint, metrics.jsonl of a resumed run) has passed, so a refused resume changes nothing."""
+    trainer = Trainer(cfg, data, device, run_dir, dist)
+    trainer.plugins, trainer.run_id = plugins, run_id
+    if ckpt is not None:
+        trainer.load(ckpt)
+        if in_place and dist.is_main and (run_dir / "metrics.jsonl").exists():
+            read_metrics(run_dir / "metrics.jsonl")  # a corrupt file is refused now, not after config.yaml changed
     if dist.is_main:
-        config = {**cfg.to_dict(), **({"plugins": plugins} if plugins else {})}
+        config = {**cfg.to_dict(), "run_id": run_id, **({"plugins": plugins} if plugins else {})}
         try:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         except OSError as err:
             raise ConfigError(os_error_message(err, run_dir / "config.yaml", "write")) from err
-    trainer = Trainer(cfg, data, device, run_dir, dist)
-    trainer.plugins = plugins
-    if ckpt is not None:
-        trainer.load(ckpt)
-        print(f"resumed {run_dir} at step {trainer.step}", file=sys.stderr)
+    if ckpt is not None and dist.is_main:
+        print(f"resumed {run_dir} at step {trainer.step}" + ("" if in_place else f" from {ckpt}"), file=sys.stderr)
     if dist.is_main:
         print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
               f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}\n"
@@ -305,8 +334,9 @@ def run_main(args: argparse.Namespace) -> int:
         plan = make_plan(args)
         if args.compare:
             algorithm_class(args.compare)  # an unknown name fails now, not after the first run
-        summary = train(plan.cfg, plan.run_dir, plan.ckpt, plan.plugins, plan.overwrite)
-        print(json.dumps(summary))
+        summary = train(plan.cfg, plan.run_dir, plan.ckpt, plan.plugins, plan.overwrite, plan.run_id, plan.fork)
+        if distributed.env_is_main():  # under torchrun only rank 0 prints (the others' summary is empty)
+            print(json.dumps(summary))
         if args.compare:
             compare(plan, summary, args.compare)
     except SSLKDError as err:
@@ -314,6 +344,16 @@ def run_main(args: argparse.Namespace) -> int:
         return 2
     except FloatingPointError as err:  # raised inside an algorithm (e.g. a teacher's own optimiser)
         print(f"error: training diverged: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a Ctrl-C outside the loop's handler (e.g. during the TensorBoard flush)
+        print(f"\ninterrupted; nothing after the last checkpoint is saved. Resume with: python tools/train.py "
+              f"--resume {args.out or args.resume or 'RUN_FOLDER'}", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        if not distributed.is_peer_failure(err):
+            raise
+        print(f"error: {distributed.peer_failure(err)}; resume every process with: torchrun ... tools/train.py "
+              f"--resume {args.out or args.resume or 'RUN_FOLDER'}", file=sys.stderr)
         return 2
     return 0
 
@@ -336,6 +376,8 @@ def compare(plan: Plan, summary: dict[str, Any], algo: str) -> None:
     other_cfg = Config(train=dataclasses.replace(cfg.train, algo=algo, out=str(other_dir)), data=cfg.data,
                        algo=algorithm_class(algo).Config())
     other = train(other_cfg, other_dir, None, plan.plugins, plan.overwrite)
+    if not distributed.env_is_main():
+        return
     print(json.dumps(other))
     t = cfg.train
     print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test top-1 (%) of the "

@@ -149,7 +149,8 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
             return str(value)
     except ValueError:
         name = getattr(typ, "__name__", str(typ))
-        raise ConfigError(f"{key}: {value!r} is not a valid {name}; give a {name} value, e.g. --set {key}=...")
+        raise ConfigError(f"{key}: {value!r} is not a valid {name}; give {'an' if name[0] in 'aeiou' else 'a'} {name} value, "
+                          f"e.g. --set {key}=...")
     return value
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -18,6 +20,8 @@ from ssl_kd.errors import ConfigError
 from ssl_kd.nets.hf import hf_network
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
 from ssl_kd.text.hub import is_hf_name, parse_hf_name
+from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
+from ssl_kd.trainer.rundir import belongs
 from ssl_kd.trainer.schedule import check_schedule
 from ssl_kd.weighting.config import MOVED_ALGO_KEYS
 
@@ -67,6 +71,9 @@ def resolve_config(yaml_content: dict[str, Any], flags: dict[str, Any], sets: li
     return cfg
 
 
+MAX_STEPS = 10**9
+
+
 def validate(cfg: Config) -> None:
     """Refuse values outside their ranges with one line naming the key and the fix (the data
     section is checked where the dataset is built: ssl_kd.data.build.check_data_config)."""
@@ -74,6 +81,8 @@ def validate(cfg: Config) -> None:
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if t.steps > MAX_STEPS:  # e.g. 1e30: a typo that would otherwise start a run that never ends
+        raise ConfigError(f"train.steps={t.steps} is more than {MAX_STEPS:,}; give the number of steps you mean, e.g. --steps 100000")
     for key in ("uratio", "warmup_steps", "save_every", "check_finite_every", "median_last"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
@@ -182,3 +191,41 @@ def config_summary(cfg: Config) -> str:
     return (f"algo={t.algo} dataset={t.dataset} net={t.net} steps={t.steps} batch={t.batch_size} "
             f"mu={t.uratio} lr={t.lr} wd={t.weight_decay} seed={t.seed} "
             f"algo_cfg={dataclasses.asdict(cfg.algo) if cfg.algo is not None else {}}")
+
+
+@dataclass
+class LoadedRun:
+    """A finished or interrupted run, rebuilt for evaluation or explanation."""
+
+    cfg: Config
+    data: SSLData
+    model: nn.Module
+    ema_model: nn.Module | None
+    run_dir: Path | None  # the run folder the checkpoint belongs to; None for a copy kept elsewhere
+    step: int
+    state: dict[str, Any]
+    ckpt: Path
+
+
+def load_run(path: str | Path, device: str = "auto", data_dir: str = "", plugins: list[str] | tuple[str, ...] = ()) -> LoadedRun:
+    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder),
+    loading the plug-ins it recorded (or `plugins` instead, when given)."""
+    from ssl_kd.plugins import load_recorded
+
+    ckpt = resolve_checkpoint(path)
+    dev = pick_device(device)
+    state = load_checkpoint(ckpt, dev)
+    load_recorded(state.get("plugins"), list(plugins), f"the run of {ckpt}")
+    cfg = config_from_dict(state["config"])
+    if data_dir:
+        cfg.train.data_dir = data_dir
+    data = build_data(cfg).to(dev)
+    model = build_network(cfg.train.net, data).to(dev)
+    load_module_state(model, state["model"], "model", ckpt)
+    ema_model = None
+    if state.get("ema") is not None:
+        ema_model = build_network(cfg.train.net, data).to(dev)
+        load_module_state(ema_model, state["ema"], "EMA model", ckpt)
+    model.eval()
+    run_dir = ckpt.parent.parent if belongs(ckpt, state.get("run_id"), ckpt.parent.parent) else None
+    return LoadedRun(cfg, data, model, ema_model, run_dir, int(state["step"]), state, ckpt)

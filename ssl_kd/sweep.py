@@ -1,8 +1,11 @@
 """Multi-seed comparisons: run several algorithms (or config variants) over seeds, one table.
 
 Each run is a `tools/train.py` subprocess with one CPU thread, `jobs` at a time, so a sweep on a
-2-core machine uses both cores; finished runs (a summary.json not marked `interrupted`) are reused
-when re-run, unfinished ones are started again from scratch (`--overwrite`).
+2-core machine uses both cores. Every run's arguments are resolved to its config before any run
+starts (a bad name or value stops the sweep at once). A finished run (a summary.json not marked
+`interrupted`) is reused when re-run only if its config.yaml matches the config its arguments give
+now; a differing one stops the sweep naming the options, unless `overwrite` (then it is run
+again). Unfinished runs are started again from scratch.
 """
 from __future__ import annotations
 
@@ -19,9 +22,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import yaml
+
 from ssl_kd.errors import ConfigError, SSLKDError
 
 TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
+IGNORED = ("train.out", "train.progress")  # differ without changing what a run computes
 
 
 @dataclass
@@ -51,13 +57,86 @@ def seed_args(seed: int, vary_split: bool) -> list[str]:
     return ["--seed", str(seed), *(["--set", f"data.split_seed={seed}"] if vary_split else [])]
 
 
-def run_one(variant: Variant, seed: int, common: list[str], out: Path, vary_split: bool = False) -> dict:
-    run_dir = out / f"{variant.label}_s{seed}"
+def train_args(variant: Variant, seed: int, common: list[str], out: Path, vary_split: bool) -> list[str]:
+    """The tools/train.py arguments of one run."""
+    return [*common, *variant.args, *seed_args(seed, vary_split), "--out", str(out / f"{variant.label}_s{seed}"),
+            "--no-progress", "--overwrite"]
+
+
+def planned_config(args: list[str], what: str) -> dict:
+    """The config train.py `args` would run with, resolved here (nothing trained or written)."""
+    import contextlib
+    import io
+
+    from ssl_kd.cli import make_plan, parser
+
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):
+            return make_plan(parser().parse_args(args)).cfg.to_dict()
+    except SystemExit as err:  # argparse: an unknown flag or a bad value
+        message = usage.getvalue().strip().splitlines()[-1:] or [f"exit {err.code}"]
+        raise ConfigError(f"{what}: {message[0]}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{what}: {err}") from None
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    items: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def differences(run_dir: Path, planned: dict) -> list[str]:
+    """`key: was -> now` for every option where `run_dir`'s config.yaml differs from `planned`
+    (both with every default filled in)."""
+    from ssl_kd.run import config_from_dict
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        saved = config_from_dict({k: v for k, v in saved.items() if k not in ("plugins", "run_id")}).to_dict()
+    except (OSError, yaml.YAMLError, SSLKDError, KeyError, TypeError) as err:
+        return [f"its config.yaml cannot be read ({err})"]
+    was, now = flat(saved), flat(planned)
+    return [f"{k}: {was.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in sorted(set(was) | set(now))
+            if k not in IGNORED and was.get(k) != now.get(k)]
+
+
+def finished(run_dir: Path) -> bool:
     summary = run_dir / "summary.json"
-    if not summary.exists() or json.loads(summary.read_text()).get("interrupted"):
+    return summary.exists() and not json.loads(summary.read_text()).get("interrupted")
+
+
+def check_reuse(tasks: list[tuple[Variant, int]], common: list[str], out: Path, vary_split: bool,
+                overwrite: bool) -> set[tuple[str, int]]:
+    """Resolve every run's config before any starts; the finished runs whose config differs from
+    their arguments now (to run again with `overwrite`, else a ConfigError naming the options)."""
+    stale = set()
+    for variant, seed in tasks:
+        what = f"run {variant.label} seed {seed}"
+        planned = planned_config(train_args(variant, seed, common, out, vary_split), what)
+        run_dir = out / f"{variant.label}_s{seed}"
+        if not finished(run_dir):
+            continue
+        diff = differences(run_dir, planned)
+        if diff and not overwrite:
+            raise ConfigError(f"{run_dir} was made with other settings ({'; '.join(diff[:6])}"
+                              f"{f'; {len(diff) - 6} more' if len(diff) > 6 else ''}); rerun with --overwrite to "
+                              f"replace it, or choose another --out")
+        if diff:
+            stale.add((variant.label, seed))
+    return stale
+
+
+def run_one(variant: Variant, seed: int, common: list[str], out: Path, vary_split: bool = False, rerun: bool = False) -> dict:
+    run_dir = out / f"{variant.label}_s{seed}"
+    if rerun or not finished(run_dir):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [sys.executable, str(TRAIN), *common, *variant.args, *seed_args(seed, vary_split), "--out", str(run_dir),
-               "--no-progress", "--overwrite"]
+        cmd = [sys.executable, str(TRAIN), *train_args(variant, seed, common, out, vary_split)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "logs" / f"{variant.label}_s{seed}.log").write_text(proc.stdout + proc.stderr)
@@ -83,16 +162,22 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def sweep(variants: list[Variant], seeds: list[int], common: list[str], out: Path, jobs: int, metric: str,
-          vary_split: bool = False) -> list[dict]:
+          vary_split: bool = False, overwrite: bool = False) -> list[dict]:
     """Run every variant x seed and return one row per variant with the median, min and max of `metric`;
-    with `vary_split`, seed k also sets data.split_seed=k."""
+    with `vary_split`, seed k also sets data.split_seed=k; with `overwrite`, finished runs made with
+    other settings are run again (else they stop the sweep before anything runs)."""
+    if not seeds or not variants:
+        raise ConfigError(f"nothing to run ({len(variants)} rows x {len(seeds)} seeds); give --seeds 1 or more and at least one row")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: give 1 or more runs in parallel")
     if vary_split and (sets_split_seed(common) or any(sets_split_seed(v.args) for v in variants)):
         raise ConfigError("--vary-split sets data.split_seed to each seed; drop the --set data.split_seed=... given with it")
-    out.mkdir(parents=True, exist_ok=True)
     tasks = [(v, s) for v in variants for s in seeds]
+    stale = check_reuse(tasks, common, out, vary_split, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, int], dict] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(tasks), desc="runs") as bar:
-        futures = {pool.submit(run_one, v, s, common, out, vary_split): (v.label, s) for v, s in tasks}
+        futures = {pool.submit(run_one, v, s, common, out, vary_split, (v.label, s) in stale): (v.label, s) for v, s in tasks}
         for future in futures:
             results[futures[future]] = future.result()
             bar.update(1)

@@ -1,7 +1,6 @@
 """The explanation report: files written for a tiny model, and the tools/explain.py entry point."""
 import csv
 import importlib.util
-import sys
 import types
 from pathlib import Path
 
@@ -64,13 +63,13 @@ def test_report_files_written(tiny, tmp_path):
 
 
 def test_explain_tool_end_to_end(tiny, tmp_path, monkeypatch, capsys):
-    """tools/explain.py against the trainer's `load_run(path, device, data_dir)` (stubbed: no run here)."""
+    """tools/explain.py against `ssl_kd.run.load_run(path, device, data_dir)` (stubbed: no run here)."""
     model, data = tiny
     run = types.SimpleNamespace(cfg=types.SimpleNamespace(train=types.SimpleNamespace(weight_decay=5e-4)),
                                 data=data, model=model, ema_model=None, run_dir=tmp_path)
-    checkpoint = types.ModuleType("ssl_kd.trainer.checkpoint")
-    checkpoint.load_run = lambda path, device, data_dir, plugins=(): run
-    monkeypatch.setitem(sys.modules, "ssl_kd.trainer.checkpoint", checkpoint)
+    import ssl_kd.run
+
+    monkeypatch.setattr(ssl_kd.run, "load_run", lambda path, device, data_dir, plugins=(): run)
     tool = load_tool()
     assert tool.main(["--ckpt", "x.pt", "--test-index", "2", "--top", "4", "--device", "cpu", "--split", "labelled"]) == 0
     assert (tmp_path / "explain" / "influence_test2.png").exists()

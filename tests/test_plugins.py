@@ -138,7 +138,8 @@ def test_readme_dataset_example_records_its_plugin(stripes_run):
     import torch
 
     recorded = yaml.safe_load((out / "config.yaml").read_text())["plugins"]
-    expected = {"spec": plugin.name, "path": str(plugin.resolve()), "sha256": hashlib.sha256(plugin.read_bytes()).hexdigest()}
+    expected = {"spec": plugin.name, "path": str(plugin.resolve()), "sha256": hashlib.sha256(plugin.read_bytes()).hexdigest(),
+                "from_step": 0}
     assert recorded == [expected]
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["plugins"] == [expected]
 
@@ -182,3 +183,27 @@ def test_missing_or_changed_recorded_plugin_is_said_clearly(stripes_run, run_cli
     capsys.readouterr()
     assert load_tool("eval").main(["--ckpt", str(out), "--device", "cpu"]) == 0
     assert "changed since" in capsys.readouterr().err
+
+
+def test_a_resume_with_a_changed_plugin_keeps_both_versions(stripes_run, run_cli, monkeypatch, capsys):
+    """Issue 18.5: the run records every plug-in version it was trained with, with its step range,
+    and says so whenever it is loaded again."""
+    out, plugin = stripes_run
+    import hashlib
+
+    import torch
+
+    first = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    plugin.write_text(plugin.read_text() + "\n# edited\n")
+    second = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    monkeypatch.setattr(DATASETS, "_items", {k: v for k, v in DATASETS._items.items() if k != "stripes"})
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    code, _ = run_cli(["--resume", str(out), "--steps", "6", "--extend", "--no-progress"])
+    assert code == 0
+    recorded = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["plugins"]
+    assert [(r["sha256"], r["from_step"], r.get("to_step")) for r in recorded] == [(first, 0, 4), (second, 4, None)]
+    assert yaml.safe_load((out / "config.yaml").read_text())["plugins"] == recorded
+    capsys.readouterr()
+    assert load_tool("eval").main(["--ckpt", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "more than one plug-in version" in err and first[:12] in err and second[:12] in err

@@ -58,7 +58,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         holder.wait()
     (run_dir / ".lock").write_text(f"{dead_pid()}\n")
     folder = RunDir(run_dir, resume=False, overwrite=False)
-    assert (run_dir / ".lock").read_text().strip() == str(os.getpid())
+    assert (run_dir / ".lock").read_text().split()[0] == str(os.getpid())
     folder.close()
     assert not (run_dir / ".lock").exists()
 
@@ -83,8 +83,10 @@ def test_temporary_names_are_unique_and_stale_ones_removed(tmp_path, monkeypatch
     ckpts.mkdir(parents=True)
     (ckpts / "last.pt.tmp").write_bytes(b"stale")  # left by a killed process
     (ckpts / "last.pt.abc123.tmp").write_bytes(b"stale")
+    lock_tmp = tmp_path / "run" / f".lock.{dead_pid()}-ab12.tmp"  # a lock taker killed before it linked the lock
+    lock_tmp.write_text("1\n")
     RunDir(tmp_path / "run", resume=True, overwrite=False).close()
-    assert not list(ckpts.glob("*.tmp"))
+    assert not list(ckpts.glob("*.tmp")) and not lock_tmp.exists()
     names = []
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f: (names.append(Path(f).name), real_save(obj, f)))

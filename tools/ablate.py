@@ -55,6 +55,8 @@ def main() -> int:
     p.add_argument("--metric", default="last_top1",
                    help="summary.json key, or final_<key> of the last evaluation (e.g. final_ema_val_top1)")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="run again the finished runs in --out whose settings differ from these (else they stop the sweep)")
     args = p.parse_args(argv)
     try:
         ssl = parse_dataset_name(args.dataset)[1] is not None
@@ -67,7 +69,8 @@ def main() -> int:
                 raise ConfigError(f"--{name}s: {', '.join(unknown)} not valid here; choose from {', '.join(valid)}")
         teacher = ["--teacher-ckpt", args.teacher_ckpt] if args.teacher_ckpt else []
         rows = variants(ssl, updates, schedules, not args.no_references, args.variant, teacher)
-        sweep(rows, list(range(args.seeds)), ["--dataset", args.dataset, *common], Path(args.out), args.jobs, args.metric)
+        sweep(rows, list(range(args.seeds)), ["--dataset", args.dataset, *common], Path(args.out), args.jobs, args.metric,
+              overwrite=args.overwrite)
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

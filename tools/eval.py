@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ssl_kd.errors import SSLKDError
-from ssl_kd.trainer.checkpoint import LoadedRun, load_run
+from ssl_kd.run import LoadedRun, load_run
 from ssl_kd.trainer.evaluate import evaluate
 from ssl_kd.trainer.logger import rounded
 
@@ -41,7 +41,7 @@ def teacher_model(run: LoadedRun) -> Any:
     from ssl_kd.trainer.trainer import Trainer
 
     try:  # the algorithm rebuilds its teacher as in training (a teacher checkpoint may be needed)
-        trainer = Trainer(run.cfg, run.data, next(run.model.parameters()).device, run.run_dir)
+        trainer = Trainer(run.cfg, run.data, next(run.model.parameters()).device, run.run_dir or run.ckpt.parent)
     except SSLKDError as err:
         print(f"warning: the teacher is not evaluated: {err}", file=sys.stderr)
         return None

@@ -18,6 +18,7 @@ from pathlib import Path
 from ssl_kd.errors import SSLKDError
 from ssl_kd.influence import InfluenceConfig, write_report
 from ssl_kd.influence.explain import SPLITS
+from ssl_kd.trainer.rundir import os_error_message
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,17 +40,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for flag, value in (("--limit", args.limit), ("--top", args.top)):
+        if value < 0:
+            print(f"error: {flag} {value}: give 0 or more", file=sys.stderr)
+            return 2
     try:
-        from ssl_kd.trainer.checkpoint import load_run
+        from ssl_kd.run import load_run
 
         run = load_run(args.ckpt, args.device, args.data_dir, args.plugin)
         model = run.ema_model if args.model == "ema" and run.ema_model is not None else run.model
-        run_dir = Path(run.run_dir)
+        if run.run_dir is None and not args.out:  # a copy kept elsewhere: never write into whatever folder holds it
+            print(f"error: {args.ckpt} is not inside the run folder it belongs to; give --out FOLDER for the explanation",
+                  file=sys.stderr)
+            return 2
+        run_dir = Path(run.run_dir) if run.run_dir is not None else None
         out = Path(args.out) if args.out else run_dir / "explain"
         # the head's L2 penalty is part of the curvature the run trained with
         cfg = InfluenceConfig(weight_decay=float(getattr(run.cfg.train, "weight_decay", 0.0)))
         writer = None
-        if not args.no_tensorboard:
+        if not args.no_tensorboard and run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(run_dir / "tb"))
@@ -60,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 writer.close()
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a read-only or misplaced --out
+        print(f"error: {os_error_message(err, Path(err.filename or args.out or '.'), 'write the explanation into')}", file=sys.stderr)
         return 2
     for kind, path in paths.items():
         print(f"{kind:>9}: {path}")

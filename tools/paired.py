@@ -2,9 +2,10 @@
 `python tools/paired.py runs/sweep_a runs/sweep_b --ref kd,flexmatch [--metric last_top1]`.
 
 Give tools/sweep.py output folders and/or run folders; runs are grouped by setting (dataset, steps,
-data options), paired by seed, and compared with each `--ref` algorithm (mean paired difference,
-bootstrap 95% interval, wins/losses/ties). Rows are the sweep labels (`<label>_s<seed>` folders) or
-else each run's algorithm."""
+data options but the split seed), paired by (seed, split seed), so `--vary-split` sweeps pair seed by
+seed, and compared with each `--ref` algorithm (mean paired difference, bootstrap and t 95%
+intervals from 5 pairs on, wins/losses/ties, two-sided exact sign-test p). Rows are the sweep labels
+(`<label>_s<seed>` folders) or else each run's algorithm."""
 import argparse
 import sys
 from pathlib import Path

@@ -25,6 +25,8 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
     p.add_argument("--metric", default="last_top1", help="summary.json key, or final_<key> of the last evaluation, to compare")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="run again the finished runs in --out whose settings differ from these (else they stop the sweep)")
     args = p.parse_args(argv)
     try:
         variants = [Variant(a, ["--algo", a]) for a in args.algos.split(",") if a] + [parse_variant(v) for v in args.variant]
@@ -35,7 +37,7 @@ def main() -> int:
             raise ConfigError(f"row labels repeat ({', '.join(sorted({x for x in labels if labels.count(x) > 1}))}); "
                               f"give each --algos name or --variant label once")
         sweep(variants, list(range(args.seeds)), ["--dataset", args.dataset, *common], Path(args.out), args.jobs, args.metric,
-              args.vary_split)
+              args.vary_split, args.overwrite)
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

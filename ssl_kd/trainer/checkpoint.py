@@ -1,4 +1,5 @@
-"""Atomic checkpoints (`last.pt`, `best.pt`) and loading a run back from one."""
+"""Atomic checkpoints (`last.pt`, `best.pt`): writing them, and reading them back whole and finite
+(rebuilding a run from one is ssl_kd.run.load_run)."""
 from __future__ import annotations
 
 import errno
@@ -7,15 +8,12 @@ import pickle
 import secrets
 import shutil
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ssl_kd.config import Config
-from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError
 from ssl_kd.trainer.guard import nonfinite_parts
 from ssl_kd.trainer.rundir import TMP_SUFFIX, os_error_message
@@ -56,14 +54,32 @@ def copy_checkpoint(source: Path, path: Path) -> None:
     _atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
+# every tensor a checkpoint holds, by the name a message gives it (rng states are bytes, never checked)
+CHECKED_PARTS = {"model": "model", "ema": "EMA model", "optimizer": "optimiser state", "scheduler": "scheduler state",
+                 "algorithm": "algorithm state (its teacher included)", "samplers": "sampler state"}
+REQUIRED_KEYS = ("config", "step", "model")  # what evaluating, explaining or teaching needs
+RESUME_KEYS = (*REQUIRED_KEYS, "ema", "optimizer", "scheduler", "algorithm", "samplers", "rng")  # what resuming needs
+
+
 def check_finite_state(state: dict[str, Any], path: Path | str) -> None:
-    """Refuse a checkpoint whose model, EMA or optimiser state holds NaN or inf."""
-    bad = nonfinite_parts({"model": state.get("model"), "EMA model": state.get("ema"),
-                           "optimiser state": state.get("optimizer")})
+    """Refuse a checkpoint holding NaN or inf anywhere: model, EMA, optimiser, the algorithm's state
+    (a teacher trained by its own optimiser diverges on its own), scheduler and samplers."""
+    bad = nonfinite_parts({name: state.get(key) for key, name in CHECKED_PARTS.items()})
     if bad:
         parts = ", ".join(f"{n} in the {name}" for name, n in bad.items())
         raise CheckpointError(f"checkpoint {path} holds non-finite values ({parts}): the run diverged before it was "
                               "written; use an earlier checkpoint or retrain with a lower learning rate")
+
+
+def check_keys(state: dict[str, Any], path: Path | str, required: tuple[str, ...]) -> None:
+    """A checkpoint of the right format version that lacks a part (truncated by hand, another tool's)."""
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)} (it has {', '.join(sorted(state)) or 'nothing'}); "
+                              f"it was not written whole by ssl_kd: use another checkpoint, e.g. best.pt")
+    train = state["config"].get("train") if isinstance(state["config"], dict) else None
+    if not isinstance(train, dict) or not all(k in train for k in ("algo", "dataset", "net")):
+        raise CheckpointError(f"checkpoint {path} has no valid config (train.algo/dataset/net); use another checkpoint, e.g. best.pt")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -79,7 +95,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
+                    required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
+    """A checkpoint's state, refused (CheckpointError) unless it is whole (`required` keys) and finite."""
     p = resolve_checkpoint(path)
     try:
         state = torch.load(p, map_location=device, weights_only=False)
@@ -87,6 +105,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"checkpoint {p} is corrupt or not a ssl_kd checkpoint ({err}); use another checkpoint, e.g. best.pt")
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {p} is not a ssl_kd checkpoint of format {FORMAT_VERSION}; it cannot be resumed or evaluated")
+    check_keys(state, p, required)
+    check_finite_state(state, p)
     return state
 
 
@@ -100,41 +120,3 @@ def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], what: s
             f"{what} in {path} does not fit the configured network ({first}); "
             "use the same --net and dataset as the run that wrote it"
         )
-
-
-@dataclass
-class LoadedRun:
-    """A finished or interrupted run, rebuilt for evaluation or explanation."""
-
-    cfg: Config
-    data: SSLData
-    model: nn.Module
-    ema_model: nn.Module | None
-    run_dir: Path
-    step: int
-    state: dict[str, Any]
-
-
-def load_run(path: str | Path, device: str = "auto", data_dir: str = "", plugins: list[str] | tuple[str, ...] = ()) -> LoadedRun:
-    """Rebuild config, data and networks of the run that wrote checkpoint `path` (or run folder),
-    loading the plug-ins it recorded (or `plugins` instead, when given)."""
-    from ssl_kd.plugins import load_recorded
-    from ssl_kd.run import build_data, build_network, config_from_dict, pick_device
-
-    ckpt = resolve_checkpoint(path)
-    dev = pick_device(device)
-    state = load_checkpoint(ckpt, dev)
-    check_finite_state(state, ckpt)
-    load_recorded(state.get("plugins"), list(plugins), f"the run of {ckpt}")
-    cfg = config_from_dict(state["config"])
-    if data_dir:
-        cfg.train.data_dir = data_dir
-    data = build_data(cfg).to(dev)
-    model = build_network(cfg.train.net, data).to(dev)
-    load_module_state(model, state["model"], "model", ckpt)
-    ema_model = None
-    if state.get("ema") is not None:
-        ema_model = build_network(cfg.train.net, data).to(dev)
-        load_module_state(ema_model, state["ema"], "EMA model", ckpt)
-    model.eval()
-    return LoadedRun(cfg, data, model, ema_model, ckpt.parent.parent, int(state["step"]), state)

@@ -83,6 +83,32 @@ def world() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_is_main() -> bool:
+    """Rank 0 (or no torchrun), from the environment: usable before and after the process group."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether `err` is a collective's failure (a peer died, hung or closed its connection)."""
+    text = str(err)
+    return env_world_size() > 1 and (isinstance(err, dist.DistError) or any(
+        key in text for key in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")))
+
+
+def peer_failure(err: BaseException) -> str:
+    """One line for a collective that failed because another process of the job died or hung."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    rank, size = int(os.environ.get("RANK", "0")), env_world_size()
+    others = [r for r in range(size) if r != rank]
+    who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others[0]}-{others[-1]}"
+    return (f"rank {rank} of {size}: a collective failed ({first[:160]}...): {who} stopped or hung "
+            f"(its own log above says why)")
+
+
 def init_from_env(device: torch.device, timeout_s: float = 600.0) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes in the environment (none: one process).
 

@@ -29,7 +29,7 @@ from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.influence.diagnostics import roc_auc
 from ssl_kd.run import algorithm_class, build_network
 from ssl_kd.trainer import distributed
-from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from ssl_kd.trainer.checkpoint import RESUME_KEYS, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import predict, task_metrics
@@ -106,6 +106,7 @@ class Trainer:
         self.guard = FiniteGuard(t.check_finite_every)
         self.test_logits: dict[str, torch.Tensor] = {}  # the last evaluation's, per model prefix
         self.plugins: list[dict[str, str]] = []  # plug-in records (ssl_kd.plugins), kept in checkpoints
+        self.run_id = ""  # the run folder's identity (ssl_kd.trainer.rundir), kept in checkpoints
 
     @property
     def wall_s(self) -> float:
@@ -244,6 +245,7 @@ class Trainer:
                          "unlabelled": self.unlabelled.state_dict() if self.unlabelled else None},
             "rng": rng_state(),
             "plugins": self.plugins,
+            "run_id": self.run_id,
         }
 
     def check_finite(self) -> None:
@@ -269,8 +271,7 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore every piece of state from a checkpoint of the same configuration."""
-        state = load_checkpoint(path, self.device)
-        check_finite_state(state, path)
+        state = load_checkpoint(path, self.device, RESUME_KEYS)  # whole and finite, teacher included
         saved = state["config"]["train"]
         for key in ("algo", "dataset", "net"):
             if saved[key] != getattr(self.cfg.train, key):
