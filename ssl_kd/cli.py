@@ -237,8 +237,7 @@ def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | N
 
 def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool, dist: distributed.DistInfo) -> dict[str, Any]:
     """fit() with its summary; a signal writes an interrupted summary and exits 128 + signal."""
-    eval_key = "ema_top1" if cfg.train.ema > 0 else "top1"
-    select_key = f"{eval_key[:-4]}val_top1" if trainer.data.val_idx.numel() > 0 else eval_key
+    eval_key, select_key = trainer.metric_keys()  # top1, or the text task's official metric
     logger = (RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key,
                         class_names=trainer.data.class_names) if dist.is_main else distributed.SilentLogger(eval_key))
     interrupted: Interrupted | None = None
@@ -325,9 +324,10 @@ def compare(plan: Plan, summary: dict[str, Any], algo: str) -> None:
     other = train(other_cfg, other_dir, None, plan.plugins, plan.overwrite)
     print(json.dumps(other))
     t = cfg.train
-    print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test top-1 (%) of the "
-          f"{'EMA' if summary['metric'] == 'ema_top1' else 'raw'} model")
-    best = "test_top1_at_best_val" if "test_top1_at_best_val" in summary else "best_test_top1_oracle"
+    m = summary.get("task_metric", "top1")
+    print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test {m} (%) of the "
+          f"{'EMA' if summary['metric'].startswith('ema_') else 'raw'} model")
+    best = f"test_{m}_at_best_val" if f"test_{m}_at_best_val" in summary else f"best_test_{m}_oracle"
     print(f"{'algorithm':<12} {'last':>7} {'median':>7} {best:>22} {'wall s':>8}  run folder")
     for name, s, folder in ((t.algo, summary, t.out), (algo, other, other_cfg.train.out)):
-        print(f"{name:<12} {s['last_top1']:>7.2f} {s['median_top1']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}")
+        print(f"{name:<12} {s[f'last_{m}']:>7.2f} {s[f'median_{m}']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}")

@@ -116,6 +116,8 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
         ood_idx=ood_idx if ood_idx is not None and ood_idx.numel() else None,
         clean_y=view.train_y if noisy_idx is not None else None,
         train_text=[" || ".join(t) for t in raw.train_text] if raw.train_text is not None else None,
+        train_gold=raw.train_gold,
+        test_gold=raw.test_gold,
     )
 
 

@@ -1,4 +1,4 @@
-"""Test metrics of a classifier: top-1, top-5, balanced accuracy, macro-F1, per-class accuracy (percent)."""
+"""Test metrics of a classifier: top-1, top-5 (over 5 classes), balanced accuracy, macro-F1, per-class accuracy (percent)."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -46,8 +46,6 @@ def confusion_matrix(logits: torch.Tensor, y: torch.Tensor, num_classes: int) ->
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Metrics from logits; classes absent from `y` are left out of balanced accuracy and F1."""
     pred = logits.argmax(-1)
-    k = min(5, num_classes)
-    top5 = (logits.topk(k, dim=-1).indices == y[:, None]).any(-1).float().mean()
     confusion = confusion_matrix(logits, y, num_classes)
     support = confusion.sum(1).float()
     predicted = confusion.sum(0).float()
@@ -56,14 +54,16 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
     recall = tp / support.clamp(min=1)
     precision = tp / predicted.clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {
+    metrics: dict[str, Any] = {
         "top1": 100.0 * (pred == y).float().mean().item(),
-        "top5": 100.0 * top5.item(),
         "balanced_acc": 100.0 * recall[present].mean().item(),
         "macro_f1": 100.0 * f1[present].mean().item(),
         "loss": F.cross_entropy(logits, y).item(),
         "per_class": [round(100.0 * r, 2) for r in recall.tolist()],
     }
+    if num_classes > 5:  # with 5 classes or fewer top-5 is 100% by construction
+        metrics["top5"] = 100.0 * (logits.topk(5, dim=-1).indices == y[:, None]).any(-1).float().mean().item()
+    return metrics
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPolicy | None, num_classes: int,
@@ -76,9 +76,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPoli
         return task_metrics(logits, y, num_classes, policy)
 
 
-def task_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, policy: AugPolicy | TextPolicy | None) -> dict[str, Any]:
-    """classification_metrics, and for GLUE tasks their official metric by name beside them."""
+def task_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, policy: AugPolicy | TextPolicy | None,
+                 gold: torch.Tensor | None = None) -> dict[str, Any]:
+    """classification_metrics, and for GLUE tasks their official metric by name beside them
+    (`gold`: a regression task's float scores, which its correlations are computed against)."""
     metrics = classification_metrics(logits, y, num_classes)
     if isinstance(policy, TextPolicy):
-        metrics.update(official_metrics(policy.metric, logits, y))
+        metrics.update(official_metrics(policy.metric, logits, y, gold))
     return metrics

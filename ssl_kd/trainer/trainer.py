@@ -26,6 +26,7 @@ from ssl_kd.data.placement import place_data
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
+from ssl_kd.text.metrics import run_metric
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import CompiledWithFallback
@@ -69,6 +70,7 @@ class Trainer:
         t = cfg.train
         seed_everything(t.seed)
         self.data, self.placement = place_data(data, device, cfg.data)
+        self.metric = run_metric(getattr(self.data.policy, "metric", None))  # top1, or a text task's official metric
         self.model = distributed.convert_batchnorm(build_network(t.net, self.data).to(device), self.dist, device, t.sync_bn)
         if device.type == "cuda" and t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -101,6 +103,13 @@ class Trainer:
         self.guard = FiniteGuard(t.check_finite_every)
         self.test_logits: dict[str, torch.Tensor] = {}  # the last evaluation's, per model prefix
         self.plugins: list[dict[str, str]] = []  # plug-in records (ssl_kd.plugins), kept in checkpoints
+
+    def metric_keys(self) -> tuple[str, str]:
+        """(eval_key, select_key): the test figure the summary reports (the EMA's when one is kept,
+        as in FixMatch's protocol) and the one best.pt is chosen on (validation's when there is a split)."""
+        eval_key = f"{'ema_' if self.ema_model is not None else ''}{self.metric}"
+        prefix = eval_key[: -len(self.metric)]
+        return eval_key, f"{prefix}val_{self.metric}" if self.data.val_idx.numel() > 0 else eval_key
 
     @property
     def wall_s(self) -> float:
@@ -172,12 +181,14 @@ class Trainer:
                 continue
             logits = self.predict_all(model, d.test_x)
             self.test_logits[prefix] = logits  # for the confusion matrix
-            metrics = task_metrics(logits, d.test_y, d.num_classes, d.policy)
+            metrics = task_metrics(logits, d.test_y, d.num_classes, d.policy, d.test_gold)
             row.update({f"{prefix}{k}": v for k, v in metrics.items()})
             if d.val_idx.numel() > 0:
                 with torch.inference_mode():  # nothing made here leaves the block (inference tensors)
                     val_logits = self.predict_all(model, d.train_x[d.val_idx])
-                    row[f"{prefix}val_top1"] = task_metrics(val_logits, d.train_y[d.val_idx], d.num_classes, d.policy)["top1"]
+                    gold = d.train_gold[d.val_idx.cpu()] if d.train_gold is not None else None
+                    val = task_metrics(val_logits, d.train_y[d.val_idx], d.num_classes, d.policy, gold)
+                    row.update({f"{prefix}val_{k}": val[k] for k in dict.fromkeys(("top1", self.metric))})
         row.update(self.algorithm.eval_metrics())
         return row
 
@@ -191,7 +202,7 @@ class Trainer:
         confidence of the teacher (the algorithm's extra model), else of that model, on unlabelled images."""
         if not self.dist.is_main:
             return  # only rank 0 logs
-        prefix = logger.eval_key[: -len("top1")]
+        prefix = logger.eval_key[: -len(self.metric)]
         teacher = self.algorithm.eval_model()
         scorer, name = (teacher, "teacher") if teacher is not None else (self.ema_model or self.model, "model")
         log_evaluation_pictures(logger, self.step, self.data, self.test_logits[prefix], scorer, name,
