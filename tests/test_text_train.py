@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import os
 from pathlib import Path
@@ -218,3 +219,55 @@ def test_mpl_feedback_uses_the_students_own_schedule(tmp_path, text_env):
                 trainer.optimizer.param_groups[0]["lr"]), (trainer.cfg.train.net, step)
             trainer.optimizer.step()
             trainer.scheduler.step()
+
+
+def test_layers_every2_keeps_every_other_layer_and_pool_mean_classifies_the_token_mean(text_env, tmp_path):
+    trainer = make_text_trainer(text_env, tmp_path, "supervised", 2)
+    model = trainer.model.eval()
+    every = build_network(f"{text_env['net']}:layers=every2", trainer.data).eval()
+    layers = every.hf.bert.encoder.layer
+    assert len(layers) == 1 == every.hf.config.num_hidden_layers  # of 2: layer 0 (DistilBERT takes 0, 2, 4, ...)
+    assert torch.equal(layers[0].output.dense.weight, model.hf.bert.encoder.layer[0].output.dense.weight)
+    mean = build_network(f"{text_env['net']}:pool=mean", trainer.data).eval()
+    mean.load_state_dict(model.state_dict())
+    x = trainer.data.test_x[:4]
+    logits, feats = mean(x)
+    ids = x[:, : int((x != mean.pad_id).sum(1).max())]
+    mask = (ids != mean.pad_id).long()
+    hidden = mean.hf.bert(input_ids=ids, attention_mask=mask, token_type_ids=mean.segment_ids(ids, mean.sep_id)).last_hidden_state
+    want = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert torch.allclose(feats, want, atol=1e-5) and torch.allclose(mean.head(feats), logits, atol=1e-6)
+    assert not torch.allclose(logits, model(x)[0], atol=1e-4)  # not the pooler's [CLS]
+    for bad in ("layers=every1", "pool=max", "layers=0"):
+        with pytest.raises(ConfigError, match="the options are layers=N"):
+            build_network(f"{text_env['net']}:{bad}", trainer.data)
+
+
+def test_a_sentence_pair_task_trains_end_to_end_judged_on_its_f1(text_env, tmp_path):
+    """MRPC as released (BOM, pairs): segment ids reach the model, and F1 names the run's figures."""
+    out = tmp_path / "mrpc"
+    assert train_main(text_args(text_env, out, "supervised", 4, "mrpc", "--eval-every", "2")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["metric"] == "f1" and summary["task_metric"] == "f1"
+    assert summary["last_f1"] == rows[-1]["f1"] and summary["best_test_f1_oracle"] == max(r["f1"] for r in rows)
+    assert "last_top1" not in summary and "top5" not in rows[0]  # 2 classes: top-5 says nothing
+    trainer = make_text_trainer(text_env, tmp_path / "again", "supervised", 2, "mrpc")
+    x = trainer.data.train_x[:4]
+    segments = trainer.model.segment_ids(x, trainer.model.sep_id)
+    assert ((x == trainer.model.sep_id).sum(1) == 2).all() and (segments[x != trainer.model.pad_id] == 1).any()
+
+
+def test_the_task_metric_chooses_best_pt(tmp_path):
+    from ssl_kd.trainer.logger import RunLogger
+
+    logger = RunLogger(tmp_path, "matthews", select_key="val_matthews")
+    assert logger.evaluation({"step": 1, "top1": 70.0, "matthews": 0.0, "val_top1": 70.0, "val_matthews": 0.0})
+    # higher accuracy, lower Matthews correlation: not the best
+    assert not logger.evaluation({"step": 2, "top1": 75.0, "matthews": -5.0, "val_top1": 75.0, "val_matthews": -5.0})
+    assert logger.evaluation({"step": 3, "top1": 60.0, "matthews": 20.0, "val_top1": 60.0, "val_matthews": 20.0})
+    assert not logger.evaluation({"step": 4, "top1": 90.0, "matthews": float("nan"), "val_top1": 90.0,
+                                  "val_matthews": float("nan")})
+    summary = logger.summary(4, 1.0, 2)
+    logger.close()
+    assert summary["best_val_matthews"] == 20.0 and summary["test_matthews_at_best_val"] == 20.0
