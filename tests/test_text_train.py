@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ssl_kd.cli import main as train_main
 from ssl_kd.errors import ConfigError
@@ -64,6 +65,11 @@ def test_hf_net_is_adamw_with_linear_warmup_and_no_ema(tmp_path, text_env):
         trainer.scheduler.step()
     # warm-up: 10% of 10 steps = 1 step at the full rate, then linear decay to 0 at step 10
     assert lrs[:3] == pytest.approx([1e-3, 1e-3, 1e-3 * 8 / 9]) and lrs[-1] == pytest.approx(1e-3 / 9)
+    # the config records what ran (config.yaml is written from trainer.cfg), and reproduces it
+    t = trainer.cfg.train
+    assert (t.optimizer, t.lr_schedule, t.warmup_steps) == ("adamw", "linear", 1)
+    from ssl_kd.trainer.schedule import lr_factor
+    assert [t.lr * lr_factor(step, t) for step in range(10)] == pytest.approx(lrs)
 
 
 def test_hf_features_are_the_head_input_and_layers_option_keeps_a_prefix(text_env, tmp_path):
@@ -252,6 +258,8 @@ def test_a_sentence_pair_task_trains_end_to_end_judged_on_its_f1(text_env, tmp_p
     assert summary["metric"] == "f1" and summary["task_metric"] == "f1"
     assert summary["last_f1"] == rows[-1]["f1"] and summary["best_test_f1_oracle"] == max(r["f1"] for r in rows)
     assert "last_top1" not in summary and "top5" not in rows[0]  # 2 classes: top-5 says nothing
+    config = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert (config["optimizer"], config["lr_schedule"], config["warmup_steps"]) == ("adamw", "linear", 1)
     trainer = make_text_trainer(text_env, tmp_path / "again", "supervised", 2, "mrpc")
     x = trainer.data.train_x[:4]
     segments = trainer.model.segment_ids(x, trainer.model.sep_id)

@@ -7,6 +7,7 @@ the progress bar. A run is resumable exactly: checkpoints hold every piece of st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import signal
 import threading
@@ -35,7 +36,7 @@ from ssl_kd.trainer.evaluate import predict, task_metrics
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger
 from ssl_kd.trainer.monitor import ood_logs
-from ssl_kd.trainer.optim import build_optimizer
+from ssl_kd.trainer.optim import build_optimizer, record_optimizer
 from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
 
 
@@ -78,6 +79,8 @@ class Trainer:
         self.forward_model = distributed.wrap(self.model, self.dist, device)
         if t.compile:
             self.forward_model = CompiledWithFallback(self.forward_model)
+        self.cfg = cfg = dataclasses.replace(cfg, train=record_optimizer(self.model, t))  # what runs, for config.yaml
+        t = cfg.train
         self.optimizer, self.scheduler = build_optimizer(self.model, t)
         algo_cls = algorithm_class(t.algo)
         ctx = Context(
