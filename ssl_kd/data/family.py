@@ -56,8 +56,9 @@ class DatasetFamily:
     sub-folder of the data dir, e.g. `<data-dir>/cifar10`), downloading there first when
     `download` is true, and raises `DataError` naming the path and the fix when files are missing.
     `protocol` holds the preset's training defaults (TrainConfig field -> value).
-    A family whose classes are read from its files (an image folder) has `num_classes=0` and lists
-    them cheaply with `classes(root)` before loading; `options` names DataConfig fields passed to
+    A family whose classes are read from its files has `num_classes=0` and lists them cheaply with
+    `classes(root)` before loading (an image folder), or without `classes` has them once loaded
+    (`RawData.class_names`: text files); `options` names DataConfig fields passed to
     `load` as keywords (the image folder's `image_size`).
     """
 
