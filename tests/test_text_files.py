@@ -128,3 +128,26 @@ def test_a_csv_and_a_save_to_disk_dataset_train_end_to_end(text_env, tmp_path):
     assert train_main(text_args(text_env, out, "supervised", 2, "hfdataset", "--set", f"data.folder={hf}",
                                 "--set", "data.text_columns=sentence")) == 0
     assert (out / "checkpoints" / "best.pt").is_file()
+
+
+def test_readme_text_dataset_example_trains_and_predicts(text_env, tmp_path, monkeypatch, capsys):
+    import io
+
+    from ssl_kd import plugins
+    from ssl_kd.registry import DATASETS, discover_all
+    from tests.test_plugins import load_tool, readme_example
+
+    discover_all()
+    monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    filename, code, readme_args = readme_example("Adding a text dataset")
+    (tmp_path / filename).write_text(code)
+    monkeypatch.chdir(tmp_path)
+    dataset = readme_args[readme_args.index("--dataset") + 1]
+    out = tmp_path / "run"
+    assert train_main([*text_args(text_env, out, "fixmatch", 2, dataset), *readme_args[:2]]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("a superb and lovely film\n"))
+    capsys.readouterr()
+    assert load_tool("predict").main([str(out)]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["input", "prediction", "negative", "positive"] and rows[1][0] == "a superb and lovely film"
