@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ssl_kd.cli import main as train_main
 from ssl_kd.errors import ConfigError, DataError
@@ -151,3 +152,13 @@ def test_readme_text_dataset_example_trains_and_predicts(text_env, tmp_path, mon
     assert load_tool("predict").main([str(out)]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == ["input", "prediction", "negative", "positive"] and rows[1][0] == "a superb and lovely film"
+
+
+def test_tokenising_in_chunks_gives_the_one_shot_ids(text_env):
+    from ssl_kd.text.tokenise import encode, load_tokenizer
+
+    tokenizer = load_tokenizer(text_env["net"])
+    rng = random.Random(0)
+    texts = [(sentence(rng, i % 2),) for i in range(20)]  # of varied lengths: chunks pad to different widths
+    whole = tokenizer([t[0] for t in texts], truncation=True, max_length=16, padding="longest", return_tensors="pt")
+    assert torch.equal(encode(tokenizer, texts, 16, chunk=3), whole["input_ids"])

@@ -279,3 +279,41 @@ def test_the_task_metric_chooses_best_pt(tmp_path):
     summary = logger.summary(4, 1.0, 2)
     logger.close()
     assert summary["best_val_matthews"] == 20.0 and summary["test_matthews_at_best_val"] == 20.0
+
+
+def test_a_gpt2_style_model_without_pad_or_mask_token_trains(text_env, tmp_path):
+    """Padding with the end-of-text token (and masking with the unknown one) instead of a refusal."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    bert = AutoTokenizer.from_pretrained(text_env["net"][3:])
+    folder = tmp_path / "gpt2"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bert.backend_tokenizer, unk_token="[UNK]", eos_token="[SEP]")
+    assert tokenizer.pad_token_id is None and tokenizer.mask_token_id is None
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(bert), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                             num_labels=2)).save_pretrained(folder)
+    env = {**text_env, "net": f"hf:{folder}"}
+    trainer = make_text_trainer(env, tmp_path / "run", "fixmatch", 2)
+    assert trainer.data.policy.pad_id == bert.sep_token_id and trainer.data.policy.mask_id == bert.unk_token_id
+    assert params_changed(trainer, 2)
+    x = trainer.data.test_x[:3].clone()
+    x[:, 2] = trainer.model.pad_id  # a pad-valued token mid-sentence keeps the rest of the sentence
+    assert trainer.model.eval()(x)[0].shape == (3, 2)
+
+
+def test_an_unreachable_hub_name_fails_at_once_in_one_line(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from ssl_kd.text.hub import check_reachable, parse_hf_name
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    check_reachable.cache_clear()
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"'nobody/no-such-model-x' is not a local folder nor in the Hugging Face "
+                                          r"cache.*offline.*--net hf:/path/to/model") as err:
+        parse_hf_name("hf:nobody/no-such-model-x").is_local
+    assert time.perf_counter() - start < 5 and "\n" not in str(err.value)
+    check_reachable.cache_clear()

@@ -20,6 +20,7 @@ from torch import nn
 from ssl_kd.errors import ConfigError
 from ssl_kd.nets.base import Classifier
 from ssl_kd.text.hub import HFSpec, parse_hf_name, require_transformers
+from ssl_kd.text.tokenise import fill_special_tokens
 
 
 def final_linear(model: nn.Module, num_classes: int) -> str:
@@ -86,7 +87,10 @@ class HFClassifier(Classifier):
         if spec.layers or spec.every > 1:
             keep_layers(self.hf, spec.layers, spec.every)
         tokenizer = AutoTokenizer.from_pretrained(spec.source, local_files_only=spec.is_local)
-        self.pad_id = int(tokenizer.pad_token_id)  # the ids the data were tokenised with (ssl_kd.text.tokenise)
+        fill_special_tokens(tokenizer)  # as the data were tokenised (ssl_kd.text.tokenise): GPT-2 pads with end-of-text
+        self.pad_id = int(tokenizer.pad_token_id)
+        if self.hf.config.pad_token_id is None:  # GPT-2 style heads find each row's last token by it
+            self.hf.config.pad_token_id = self.pad_id
         self.sep_id = tokenizer.sep_token_id
         self.segments = int(getattr(config, "type_vocab_size", 1) or 1) > 1
         self.head_name = final_linear(self.hf, num_classes)
@@ -112,7 +116,8 @@ class HFClassifier(Classifier):
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = ids != self.pad_id
-        longest = int(mask.sum(1).max()) if ids.numel() else 0
+        # the last real token (a pad-valued mask token may sit mid-sentence: GPT-2 style tokenizers)
+        longest = int((mask * torch.arange(1, ids.shape[1] + 1, device=ids.device)).max()) if ids.numel() else 0
         ids, mask = ids[:, :max(1, longest)].long(), mask[:, :max(1, longest)].long()
         extra = {}
         if self.segments and self.sep_id is not None:

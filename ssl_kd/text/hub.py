@@ -12,9 +12,13 @@ sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained with.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ssl_kd.errors import ConfigError
 
@@ -34,7 +38,37 @@ class HFSpec:
 
     @property
     def is_local(self) -> bool:
-        return Path(self.source).is_dir()
+        """Load without the network: a local folder, or a hub name already in the Hugging Face cache
+        (a hub name that is neither fails at once when the hub cannot be reached: `check_reachable`)."""
+        return Path(self.source).is_dir() or in_hub_cache(self.source) or check_reachable(self.source)
+
+
+def in_hub_cache(name: str) -> bool:
+    if importlib.util.find_spec("huggingface_hub") is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+@functools.lru_cache(maxsize=None)
+def check_reachable(name: str, timeout_s: float = 3.0) -> bool:
+    """False when the hub answers (the model is downloaded as usual); a one-line ConfigError when it
+    cannot be reached, instead of the library's retries and long traceback."""
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE")
+    try:
+        if offline:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection((endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(f"network hf:{name}: {name!r} is not a local folder nor in the Hugging Face cache, and the hub "
+                          f"cannot be reached ({err}): this machine is offline. Download it where there is a network "
+                          f"(or copy a save_pretrained folder here) and give the folder: --net hf:/path/to/model") from None
+    return False
 
 
 def is_hf_name(name: str) -> bool:
