@@ -317,3 +317,18 @@ def test_an_unreachable_hub_name_fails_at_once_in_one_line(monkeypatch):
         parse_hf_name("hf:nobody/no-such-model-x").is_local
     assert time.perf_counter() - start < 5 and "\n" not in str(err.value)
     check_reachable.cache_clear()
+
+
+def test_tensorboard_of_a_text_run_has_views_confidence_and_hparams(text_env, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb_run"
+    assert train_main(text_args(text_env, out, "fixmatch", 2, "sst2_8")) == 0
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "eval/model_confidence_unlabelled" in acc.Tags()["histograms"]
+    views = acc.Tensors("views/none_weak_strong/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert views.startswith("| example | none | weak | strong |") and "[CLS]" in views and "[PAD]" not in views
+    hparams = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams), set(hparams)
+    assert b"train.lr" in hparams["_hparams_/session_start_info"] and b"hparam/last_top1" in hparams["_hparams_/experiment"]

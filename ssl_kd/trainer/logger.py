@@ -38,6 +38,7 @@ class RunLogger:
             self.history = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        self.hparam_values: dict[str, Any] = {}
 
     def scalars(self, values: dict[str, float | torch.Tensor], step: int) -> None:
         for key, value in values.items():
@@ -51,6 +52,13 @@ class RunLogger:
 
     def image(self, tag: str, image: torch.Tensor, step: int) -> None:
         self.tb.add_image(tag, image, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.tb.add_text(tag, text, step)
+
+    def hparams(self, values: dict[str, Any]) -> None:
+        """The run's settings, written with its summary figures to TensorBoard's HParams tab."""
+        self.hparam_values = values
 
     def per_class(self, row: dict[str, Any]) -> None:
         """Per-class accuracies (`per_class`, `ema_per_class`, ...) as scalars named by class."""
@@ -104,10 +112,29 @@ class RunLogger:
         })
         summary = rounded(summary)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.hparam_values:
+            figures = {f"hparam/{k}": v for k, v in summary.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k.startswith(("last_", "median_", "test_", "best_"))}
+            self.tb.add_hparams(self.hparam_values, figures, run_name=".")  # "." : beside the run's other events
         return summary
 
     def close(self) -> None:
         self.tb.close()
+
+
+def run_hparams(cfg: Any) -> dict[str, Any]:
+    """The settings a run is compared by in TensorBoard's HParams tab: train.* and algo.* scalars
+    (lists and None as text), so runs of different algorithms share one table."""
+    import dataclasses
+
+    out: dict[str, Any] = {}
+    for section, values in (("train", dataclasses.asdict(cfg.train)),
+                            ("algo", dataclasses.asdict(cfg.algo) if cfg.algo is not None else {})):
+        for key, value in values.items():
+            if key in ("out", "data_dir", "extended", "progress", "device"):
+                continue
+            out[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
 
 
 def score(value: float) -> float:

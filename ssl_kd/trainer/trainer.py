@@ -27,6 +27,7 @@ from ssl_kd.data.placement import place_data
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
+from ssl_kd.text.hub import is_hf_name
 from ssl_kd.text.metrics import run_metric
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
@@ -34,10 +35,10 @@ from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import predict, task_metrics
 from ssl_kd.trainer.guard import FiniteGuard
-from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer.logger import RunLogger, run_hparams
 from ssl_kd.trainer.monitor import ood_logs
 from ssl_kd.trainer.optim import build_optimizer, record_optimizer
-from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
+from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid, views_text
 
 
 def seed_everything(seed: int) -> None:
@@ -284,6 +285,12 @@ class Trainer:
         last_eval: dict[str, Any] = {}
         if self.step == 0 and (grid := views_grid(self.data)) is not None:
             logger.image("views/none_weak_strong", grid, 0)  # what the augmentation does to a few images
+        if self.step == 0 and self.dist.is_main and self.data.modality == "text" and is_hf_name(t.net):
+            from ssl_kd.text.tokenise import load_tokenizer
+
+            if (table := views_text(self.data, load_tokenizer(t.net))) is not None:
+                logger.text("views/none_weak_strong", table, 0)  # the sentences as the views see them
+        logger.hparams(run_hparams(self.cfg))
         stopping = False
         with StopRequest() as stop:
             while self.step < t.steps and not stopping:
