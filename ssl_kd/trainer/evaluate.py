@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 from torch import nn
 
 from ssl_kd.augment.views import make_view
@@ -16,18 +17,19 @@ from ssl_kd.text.metrics import official_metrics
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, policy: AugPolicy | None, batch_size: int,
             autocast: Callable[[], Any] = nullcontext,
-            rows: slice | torch.Tensor = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+            rows: slice | torch.Tensor = slice(None), desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and features of `model` (in eval mode) over `x[rows]` (a slice or an index tensor),
-    reading one batch of rows at a time (`x` may be a host-placed HostTensor larger than the device's memory)."""
+    reading one batch of rows at a time (`x` may be a host-placed HostTensor larger than the device's memory).
+    With `desc`, a progress bar on stderr (a terminal only) counts the batches."""
     was_training = model.training
     model.eval()
     logits, feats = [], []
     if isinstance(rows, slice):
         begin, end, _ = rows.indices(x.shape[0])
-        batches = (slice(start, min(start + batch_size, end)) for start in range(begin, end, batch_size))
+        batches = [slice(start, min(start + batch_size, end)) for start in range(begin, end, batch_size)]
     else:
-        batches = iter(rows.split(batch_size))
-    for batch in batches:
+        batches = list(rows.split(batch_size))
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=None if desc else True, leave=False):
         with autocast():
             lg, ft = model(make_view("none", x[batch], policy))
         logits.append(lg.float())

@@ -198,8 +198,9 @@ class Trainer:
 
     def predict_all(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits of `model` on `x`; distributed, each rank predicts its contiguous part and the parts are gathered."""
+        desc = "evaluating" if self.cfg.train.progress and self.dist.is_main else ""  # text evaluations take a while
         return distributed.sharded(lambda part: predict(model, x, self.data.policy, self.cfg.train.eval_batch_size,
-                                                        self.autocast, rows=part)[0], x.shape[0])
+                                                        self.autocast, rows=part, desc=desc)[0], x.shape[0])
 
     def log_pictures(self, logger: RunLogger) -> None:
         """TensorBoard figures of an evaluation: the reported model's confusion matrix and the
