@@ -70,3 +70,16 @@ def test_final_metrics_and_unknown_metric(tmp_path) -> None:
         read_runs([tmp_path], "nope")
     with pytest.raises(ConfigError, match="neither a run folder"):
         read_runs([tmp_path / "kd_s0" / "missing"], "last_top1")
+
+
+def test_last_is_each_runs_own_metric(tmp_path) -> None:
+    from ssl_kd.sweep import read_run
+
+    fake_run(tmp_path / "img", "kd", 0, 70.0)
+    fake_run(tmp_path / "cola", "kd", 0, 70.0, dataset="cola")
+    (tmp_path / "cola" / "summary.json").write_text(json.dumps({"task_metric": "matthews", "last_top1": 70.0,
+                                                                "last_matthews": 12.5, "median_matthews": 11.0}))
+    assert read_run(tmp_path / "img")["last"] == 70.0
+    assert read_run(tmp_path / "cola")["last"] == 12.5 and read_run(tmp_path / "cola")["median"] == 11.0
+    runs, _ = read_runs([tmp_path / "cola"], "last")
+    assert runs[0].value == 12.5
