@@ -33,7 +33,9 @@ GLUE_PROTOCOL = {
     "steps": 2000,
     "batch_size": 32,
     "uratio": 3,
-    "lr": 5e-5,
+    # chosen on a validation split (BENCHMARKS, issue 19): at 5e-5 a 2-layer student stays at chance
+    # for 100+ steps, and 2e-4 beat 5e-5 for the whole 6-layer MiniLM too (val 86.5 against 81.0)
+    "lr": 2e-4,
     "weight_decay": 0.01,
     "eval_every": 500,
     "eval_batch_size": 256,

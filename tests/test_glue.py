@@ -176,3 +176,11 @@ def test_matthews_of_a_constant_prediction_is_zero_as_in_sklearn():
     y = torch.tensor([0, 1, 1, 0])
     logits = torch.tensor([[1.0, 0.0]] * 4)
     assert official_metrics("matthews", logits, y)["matthews"] == 0.0 == matthews_corrcoef(y.numpy(), [0] * 4)
+
+
+@pytest.mark.parametrize("family", ["sst2", "mrpc", "textfile", "hfdataset"])
+def test_text_presets_use_the_learning_rate_chosen_on_validation(family):
+    from ssl_kd.run import resolve_config
+
+    t = resolve_config({}, {"algo": "supervised", "dataset": family}, []).train
+    assert (t.lr, t.net, t.ema, t.steps) == (2e-4, "hf:minilm-l6", 0.0, 2000)  # 5e-5 left a 2-layer student at chance
