@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ssl_kd.data.family import DatasetFamily, RawData, register_dataset
+from ssl_kd.data.types import TextPolicy
 from ssl_kd.datasets.glue import GLUE_PROTOCOL
 from ssl_kd.datasets.textfile import columns_of
 from ssl_kd.errors import ConfigError, DataError
-from ssl_kd.data.types import TextPolicy
-from ssl_kd.text.hub import TEXT_EXTRA
+from ssl_kd.text.hub import TEXT_EXTRA, hub_unreachable
 from ssl_kd.text.table import EVAL_SPLITS, check_columns, has_labels, hold_out, read_records, to_raw
 
 
@@ -36,6 +36,10 @@ def open_dataset(root: Path, folder: str) -> Any:
             raise DataError(f"{root.absolute()} is not a dataset saved with save_to_disk ({err}); point "
                             "--set data.folder=PATH at the folder save_to_disk wrote") from None
     elif folder:
+        if why := hub_unreachable():  # the library would retry for a minute before its traceback
+            raise DataError(f"data.folder={folder!r} is not a folder, and as a hub dataset it cannot be fetched: the hub "
+                            f"cannot be reached ({why}). Save it with save_to_disk where there is a network and point "
+                            "--set data.folder=PATH at that folder")
         try:
             loaded = datasets.load_dataset(folder)
         except Exception as err:  # the library raises many kinds (offline, unknown name, gated)

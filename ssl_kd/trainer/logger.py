@@ -1,6 +1,7 @@
 """Run-folder logging: TensorBoard scalars/histograms, metrics.jsonl and summary.json."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -113,8 +114,8 @@ class RunLogger:
         summary = rounded(summary)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.hparam_values:
-            figures = {f"hparam/{k}": v for k, v in summary.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k.startswith(("last_", "median_", "test_", "best_"))}
+            figures = {f"hparam/{k}": v for k, v in summary.items() if isinstance(v, (int, float))
+                       and not isinstance(v, bool) and k.startswith(("last_", "median_", "test_", "best_"))}
             self.tb.add_hparams(self.hparam_values, figures, run_name=".")  # "." : beside the run's other events
         return summary
 
@@ -125,8 +126,6 @@ class RunLogger:
 def run_hparams(cfg: Any) -> dict[str, Any]:
     """The settings a run is compared by in TensorBoard's HParams tab: train.* and algo.* scalars
     (lists and None as text), so runs of different algorithms share one table."""
-    import dataclasses
-
     out: dict[str, Any] = {}
     for section, values in (("train", dataclasses.asdict(cfg.train)),
                             ("algo", dataclasses.asdict(cfg.algo) if cfg.algo is not None else {})):
