@@ -113,7 +113,10 @@ def image_inputs(run: Any, folder: Path) -> tuple[list[str], torch.Tensor]:
     if not files:
         raise ConfigError(f"{folder} holds no .jpg/.jpeg/.png images to predict")
     size = int(run.data.train_x.shape[-1])
-    return [str(p) for p in files], decode_files(files, size, torch.device("cpu"), f"decoding {folder.name}")
+    images = decode_files(files, size, torch.device("cpu"), f"decoding {folder.name}")  # RGB
+    if run.data.train_x.shape[1] == 1:  # a grey-scale dataset (digits): the channels' mean
+        images = images.float().mean(1, keepdim=True).round().to(torch.uint8)
+    return [str(p) for p in files], images
 
 
 def predict_probabilities(model: nn.Module, x: torch.Tensor, policy: Any, batch_size: int) -> torch.Tensor:

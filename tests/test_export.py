@@ -68,3 +68,22 @@ def test_an_image_run_exports_a_program_with_its_preprocessing(tmp_path):
     assert torch.allclose(program(x), eval_logits(model, x, run.data.policy), atol=1e-5)
     meta = json.loads((tmp_path / "exp" / "preprocess.json").read_text())
     assert meta["size"] == list(x.shape[2:]) and len(meta["class_names"]) == 10
+
+
+def test_predict_on_an_image_folder(tmp_path, capsys):
+    from torchvision.io import write_png
+
+    out = tmp_path / "digits"
+    assert train_main(quick_args(out, "supervised", 2)) == 0
+    run = load_run(out, "cpu")
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(3):
+        write_png(run.data.test_x[i].expand(3, -1, -1).contiguous(), str(folder / f"{i}.png"))
+    capsys.readouterr()
+    assert load_tool("predict").main([str(out), "--input", str(folder), "--device", "cpu"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 4 and rows[1][0].endswith("0.png") and rows[1][1] in run.data.class_names
+    model = run.ema_model if run.ema_model is not None else run.model
+    want = eval_logits(model, run.data.test_x[:1], run.data.policy).softmax(-1)[0]
+    assert [float(v) for v in rows[1][2:]] == pytest.approx(want.tolist(), abs=1e-5)
