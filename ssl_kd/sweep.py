@@ -148,8 +148,13 @@ def run_one(variant: Variant, seed: int, common: list[str], out: Path, vary_spli
 
 
 def read_run(run_dir: Path) -> dict:
-    """A finished run's figures: its summary.json keys and the last evaluation's `final_<key>`."""
-    return {**json.loads((run_dir / "summary.json").read_text()), **final_metrics(run_dir)}
+    """A finished run's figures: its summary.json keys, the last evaluation's `final_<key>`, and
+    `last`/`median`: the run's own metric (top1, or a text task's official metric such as
+    CoLA's matthews), so one sweep compares every task on the number it is judged by."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    m = summary.get("task_metric", "top1")
+    own = {alias: summary[f"{alias}_{m}"] for alias in ("last", "median") if f"{alias}_{m}" in summary}
+    return {**summary, **final_metrics(run_dir), **own}
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:
@@ -198,7 +203,8 @@ def write_table(rows: list[dict], out: Path, metric: str, common: list[str]) -> 
         writer = csv.DictWriter(f, fieldnames=["variant", "args", "seeds", "median", "min", "max", "mean", "values"])
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"`{metric}` (%) over seeds; common arguments: `{' '.join(common)}`", "",
+    named = metric if metric not in ("last", "median") else f"{metric} of each run's metric (top1 or the task's)"
+    lines = [f"`{named}` (%) over seeds; common arguments: `{' '.join(common)}`", "",
              "| variant | median | range (min-max) | mean | per seed | arguments |", "|---|---|---|---|---|---|"]
     for r in rows:
         per_seed = ", ".join(f"{v:.1f}" for v in r["values"])

@@ -26,6 +26,13 @@ def test_list_describes_algorithms_and_networks():
     assert re.search(r"^\s+fixmatch\s+\[w\]\s+FixMatch \(Sohn", text, re.M)  # takes per-example weights
     assert re.search(r"^\s+supervised\s+Supervised baseline", text, re.M)  # has no terms to weight
     assert re.search(r"^\s+wrn28_2\s+Wide ResNet", text, re.M)
+    assert re.search(r"^\s+hf:minilm-l6\s+all-MiniLM-L6-v2", text, re.M)
+    assert "hf:<hub-name-or-folder>[:layers=N|every2][:pool=cls|mean]" in text and "text extra" in text
+
+
+def test_lr_help_says_what_it_does_for_each_kind_of_network():
+    lr = next(a for a in parser()._actions if a.dest == "lr").help
+    assert "SGD" in lr and "AdamW" in lr and "hf:" in lr and "linear" in lr and "cosine" in lr
 
 
 def test_list_does_not_end_a_description_at_an_abbreviation():

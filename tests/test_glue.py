@@ -15,12 +15,12 @@ from ssl_kd.text.metrics import official_metrics
 
 glue = pytest.importorskip("ssl_kd.datasets.glue")
 
-# Two rows per file in each task's release layout (headers and column orders as released).
+# Two rows per file in each task's release layout (headers, column orders and MRPC's byte-order mark as released).
 RELEASE = {
     "CoLA": (None, ["gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we propose.",
                     "gj04\t0\t*\tOne more pseudo generalization and I'm giving up."]),
     "SST-2": ("sentence\tlabel", ['it \'s a charming and often "affecting" journey . \t1', "unflinchingly bleak \t0"]),
-    "MRPC": ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+    "MRPC": ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String",
              ["1\t702876\t702977\tAmrozi accused his brother .\tReferring to him , Amrozi accused .",
               "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's in 1995 ."]),
     "QQP": ("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
@@ -83,7 +83,7 @@ def test_mnli_mismatched_reads_its_own_dev_file(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("sentence\tlabel\na fine film\n", "line 2: 1 tab-separated fields, expected 2"),
+    ("sentence\tlabel\na fine film\n", "holds no examples \\(1 short rows skipped\\)"),
     ("sentence\tlabel\na fine film\t7\n", "label '7' is not one of 0, 1"),
     ("text\tlabel\na fine film\t1\n", "lacks column"),
     ("sentence\tlabel\n", "holds no examples"),
@@ -95,6 +95,50 @@ def test_malformed_file_names_the_file_and_layout(tmp_path, content, message):
     with pytest.raises(DataError, match=message) as err:
         glue.glue_loader(glue.TASKS["sst2"])(tmp_path / "sst2", False)
     assert "SST-2/train.tsv" in str(err.value) and "tab-separated" in str(err.value)
+
+
+def test_mrpc_header_with_a_byte_order_mark_reads(tmp_path):
+    root = write_release(tmp_path)
+    assert (root / "glue" / "MRPC" / "train.tsv").read_bytes().startswith(b"\xef\xbb\xbfQuality")
+    raw = glue.glue_loader(glue.TASKS["mrpc"])(root / "mrpc", False)
+    assert raw.train_y.tolist() == [1, 0]
+
+
+def test_qqp_short_rows_are_skipped_and_counted(tmp_path, capsys):
+    folder = tmp_path / "glue" / "QQP"
+    folder.mkdir(parents=True)
+    header, rows = RELEASE["QQP"]
+    # as at line 97,931 of the released train.tsv: a question broken over two lines
+    body = "\n".join([header, rows[0], "3\t7\t8\tHow do I", "\tget there?\t0", rows[1]]) + "\n"
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text(body)
+    raw = glue.glue_loader(glue.TASKS["qqp"])(tmp_path / "qqp", False)
+    assert raw.train_y.tolist() == [1, 0] and len(raw.train_text) == 2
+    assert "skipped 2 row(s) with fewer than 6 tab-separated fields (line 3, 4)" in capsys.readouterr().err
+
+
+def test_stsb_rounds_half_up_and_keeps_the_float_gold(tmp_path):
+    folder = tmp_path / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    header, rows = RELEASE["STS-B"]
+    scores = ["2.500", "3.500", "0.400", "4.600"]
+    body = [header] + [rows[0].rsplit("\t", 1)[0] + f"\t{v}" for v in scores]
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text("\n".join(body) + "\n")
+    raw = glue.glue_loader(glue.TASKS["stsb"])(tmp_path / "stsb", False)
+    assert raw.train_y.tolist() == [3, 4, 0, 5]  # round() would give 2 for 2.5
+    assert raw.test_gold.tolist() == [2.5, 3.5, 0.4, 4.6]
+
+
+def test_stsb_correlations_are_against_the_float_gold():
+    logits6, y6 = random_logits(50, 6, 3)
+    gold = y6.double() + torch.linspace(-0.45, 0.45, 50)
+    expected = (logits6.double().softmax(1) * torch.arange(6)).sum(1).numpy()
+    got = official_metrics("pearson_spearman", logits6, y6, gold)
+    assert got["pearson"] == pytest.approx(100 * pearsonr(expected, gold.numpy())[0])
+    assert got["spearman"] == pytest.approx(100 * spearmanr(expected, gold.numpy())[0])
+    assert got["pearson_spearman"] == pytest.approx((got["pearson"] + got["spearman"]) / 2)
+    assert got["pearson"] != pytest.approx(official_metrics("pearson_spearman", logits6, y6)["pearson"])
 
 
 def test_missing_file_says_where_it_was_expected(tmp_path):
@@ -132,3 +176,11 @@ def test_matthews_of_a_constant_prediction_is_zero_as_in_sklearn():
     y = torch.tensor([0, 1, 1, 0])
     logits = torch.tensor([[1.0, 0.0]] * 4)
     assert official_metrics("matthews", logits, y)["matthews"] == 0.0 == matthews_corrcoef(y.numpy(), [0] * 4)
+
+
+@pytest.mark.parametrize("family", ["sst2", "mrpc", "textfile", "hfdataset"])
+def test_text_presets_use_the_learning_rate_chosen_on_validation(family):
+    from ssl_kd.run import resolve_config
+
+    t = resolve_config({}, {"algo": "supervised", "dataset": family}, []).train
+    assert (t.lr, t.net, t.ema, t.steps) == (2e-4, "hf:minilm-l6", 0.0, 2000)  # 5e-5 left a 2-layer student at chance

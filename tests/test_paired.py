@@ -130,3 +130,16 @@ def test_mismatch_figure_plots_every_share_and_label(tmp_path: Path) -> None:
     assert plot_main([str(tmp_path / "mm0.0"), str(tmp_path / "mm0.5"), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert plot_main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_last_is_each_runs_own_metric(tmp_path) -> None:
+    from ssl_kd.sweep import read_run
+
+    fake_run(tmp_path / "img", "kd", 0, 70.0)
+    fake_run(tmp_path / "cola", "kd", 0, 70.0, dataset="cola")
+    (tmp_path / "cola" / "summary.json").write_text(json.dumps({"task_metric": "matthews", "last_top1": 70.0,
+                                                                "last_matthews": 12.5, "median_matthews": 11.0}))
+    assert read_run(tmp_path / "img")["last"] == 70.0
+    assert read_run(tmp_path / "cola")["last"] == 12.5 and read_run(tmp_path / "cola")["median"] == 11.0
+    runs, _ = read_runs([tmp_path / "cola"], "last")
+    assert runs[0].value == 12.5

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ssl_kd.cli import main as train_main
 from ssl_kd.errors import ConfigError
@@ -63,6 +65,11 @@ def test_hf_net_is_adamw_with_linear_warmup_and_no_ema(tmp_path, text_env):
         trainer.scheduler.step()
     # warm-up: 10% of 10 steps = 1 step at the full rate, then linear decay to 0 at step 10
     assert lrs[:3] == pytest.approx([1e-3, 1e-3, 1e-3 * 8 / 9]) and lrs[-1] == pytest.approx(1e-3 / 9)
+    # the config records what ran (config.yaml is written from trainer.cfg), and reproduces it
+    t = trainer.cfg.train
+    assert (t.optimizer, t.lr_schedule, t.warmup_steps) == ("adamw", "linear", 1)
+    from ssl_kd.trainer.schedule import lr_factor
+    assert [t.lr * lr_factor(step, t) for step in range(10)] == pytest.approx(lrs)
 
 
 def test_hf_features_are_the_head_input_and_layers_option_keeps_a_prefix(text_env, tmp_path):
@@ -218,3 +225,110 @@ def test_mpl_feedback_uses_the_students_own_schedule(tmp_path, text_env):
                 trainer.optimizer.param_groups[0]["lr"]), (trainer.cfg.train.net, step)
             trainer.optimizer.step()
             trainer.scheduler.step()
+
+
+def test_layers_every2_keeps_every_other_layer_and_pool_mean_classifies_the_token_mean(text_env, tmp_path):
+    trainer = make_text_trainer(text_env, tmp_path, "supervised", 2)
+    model = trainer.model.eval()
+    every = build_network(f"{text_env['net']}:layers=every2", trainer.data).eval()
+    layers = every.hf.bert.encoder.layer
+    assert len(layers) == 1 == every.hf.config.num_hidden_layers  # of 2: layer 0 (DistilBERT takes 0, 2, 4, ...)
+    assert torch.equal(layers[0].output.dense.weight, model.hf.bert.encoder.layer[0].output.dense.weight)
+    mean = build_network(f"{text_env['net']}:pool=mean", trainer.data).eval()
+    mean.load_state_dict(model.state_dict())
+    x = trainer.data.test_x[:4]
+    logits, feats = mean(x)
+    ids = x[:, : int((x != mean.pad_id).sum(1).max())]
+    mask = (ids != mean.pad_id).long()
+    hidden = mean.hf.bert(input_ids=ids, attention_mask=mask, token_type_ids=mean.segment_ids(ids, mean.sep_id)).last_hidden_state
+    want = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert torch.allclose(feats, want, atol=1e-5) and torch.allclose(mean.head(feats), logits, atol=1e-6)
+    assert not torch.allclose(logits, model(x)[0], atol=1e-4)  # not the pooler's [CLS]
+    for bad in ("layers=every1", "pool=max", "layers=0"):
+        with pytest.raises(ConfigError, match="the options are layers=N"):
+            build_network(f"{text_env['net']}:{bad}", trainer.data)
+
+
+def test_a_sentence_pair_task_trains_end_to_end_judged_on_its_f1(text_env, tmp_path):
+    """MRPC as released (BOM, pairs): segment ids reach the model, and F1 names the run's figures."""
+    out = tmp_path / "mrpc"
+    assert train_main(text_args(text_env, out, "supervised", 4, "mrpc", "--eval-every", "2")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["metric"] == "f1" and summary["task_metric"] == "f1"
+    assert summary["last_f1"] == rows[-1]["f1"] and summary["best_test_f1_oracle"] == max(r["f1"] for r in rows)
+    assert "last_top1" not in summary and "top5" not in rows[0]  # 2 classes: top-5 says nothing
+    config = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert (config["optimizer"], config["lr_schedule"], config["warmup_steps"]) == ("adamw", "linear", 1)
+    trainer = make_text_trainer(text_env, tmp_path / "again", "supervised", 2, "mrpc")
+    x = trainer.data.train_x[:4]
+    segments = trainer.model.segment_ids(x, trainer.model.sep_id)
+    assert ((x == trainer.model.sep_id).sum(1) == 2).all() and (segments[x != trainer.model.pad_id] == 1).any()
+
+
+def test_the_task_metric_chooses_best_pt(tmp_path):
+    from ssl_kd.trainer.logger import RunLogger
+
+    logger = RunLogger(tmp_path, "matthews", select_key="val_matthews")
+    assert logger.evaluation({"step": 1, "top1": 70.0, "matthews": 0.0, "val_top1": 70.0, "val_matthews": 0.0})
+    # higher accuracy, lower Matthews correlation: not the best
+    assert not logger.evaluation({"step": 2, "top1": 75.0, "matthews": -5.0, "val_top1": 75.0, "val_matthews": -5.0})
+    assert logger.evaluation({"step": 3, "top1": 60.0, "matthews": 20.0, "val_top1": 60.0, "val_matthews": 20.0})
+    assert not logger.evaluation({"step": 4, "top1": 90.0, "matthews": float("nan"), "val_top1": 90.0,
+                                  "val_matthews": float("nan")})
+    summary = logger.summary(4, 1.0, 2)
+    logger.close()
+    assert summary["best_val_matthews"] == 20.0 and summary["test_matthews_at_best_val"] == 20.0
+
+
+def test_a_gpt2_style_model_without_pad_or_mask_token_trains(text_env, tmp_path):
+    """Padding with the end-of-text token (and masking with the unknown one) instead of a refusal."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    bert = AutoTokenizer.from_pretrained(text_env["net"][3:])
+    folder = tmp_path / "gpt2"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bert.backend_tokenizer, unk_token="[UNK]", eos_token="[SEP]")
+    assert tokenizer.pad_token_id is None and tokenizer.mask_token_id is None
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(bert), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                             num_labels=2)).save_pretrained(folder)
+    env = {**text_env, "net": f"hf:{folder}"}
+    trainer = make_text_trainer(env, tmp_path / "run", "fixmatch", 2)
+    assert trainer.data.policy.pad_id == bert.sep_token_id and trainer.data.policy.mask_id == bert.unk_token_id
+    assert params_changed(trainer, 2)
+    x = trainer.data.test_x[:3].clone()
+    x[:, 2] = trainer.model.pad_id  # a pad-valued token mid-sentence keeps the rest of the sentence
+    assert trainer.model.eval()(x)[0].shape == (3, 2)
+
+
+def test_an_unreachable_hub_name_fails_at_once_in_one_line(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from ssl_kd.text.hub import check_reachable, parse_hf_name
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    check_reachable.cache_clear()
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"'nobody/no-such-model-x' is not a local folder nor in the Hugging Face "
+                                          r"cache.*offline.*--net hf:/path/to/model") as err:
+        parse_hf_name("hf:nobody/no-such-model-x").is_local
+    assert time.perf_counter() - start < 5 and "\n" not in str(err.value)
+    check_reachable.cache_clear()
+
+
+def test_tensorboard_of_a_text_run_has_views_confidence_and_hparams(text_env, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb_run"
+    assert train_main(text_args(text_env, out, "fixmatch", 2, "sst2_8")) == 0
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "eval/model_confidence_unlabelled" in acc.Tags()["histograms"]
+    views = acc.Tensors("views/none_weak_strong/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert views.startswith("| example | none | weak | strong |") and "[CLS]" in views and "[PAD]" not in views
+    hparams = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams), set(hparams)
+    assert b"train.lr" in hparams["_hparams_/session_start_info"] and b"hparam/last_top1" in hparams["_hparams_/experiment"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ssl_kd.registry import ALGORITHMS, discover_all
 from tests.conftest import REPO, make_trainer, quick_args, step_losses
@@ -87,6 +88,8 @@ def test_cli_run_writes_run_folder_and_tensorboard(tmp_path, run_cli):
     assert [r["step"] for r in rows] == [10, 20]
     assert {"step", "top1", "ema_top1", "loss", "top5", "balanced_acc", "macro_f1", "per_class"} <= set(rows[0])
     assert summary["steps"] == 20 and summary["last_top1"] == rows[-1]["ema_top1"]
+    train = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert (train["optimizer"], train["lr_schedule"]) == ("sgd", "cosine")  # what ran: `auto` resolved
     for key in ("best_test_top1_oracle", "median_top1", "wall_s", "train_s", "steps_per_s"):
         assert summary[key] is not None
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

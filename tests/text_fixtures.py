@@ -35,6 +35,21 @@ def write_sst2(root: Path, train: int = 64, dev: int = 16, seed: int = 0) -> Pat
     return root
 
 
+def write_mrpc(root: Path, train: int = 32, dev: int = 16, seed: int = 0) -> Path:
+    """<root>/glue/MRPC/{train,dev}.tsv as released: a byte-order mark before the header, and
+    sentence pairs (equivalent when both sentences have the same polarity)."""
+    rng = random.Random(seed)
+    folder = root / "glue" / "MRPC"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", train), ("dev.tsv", dev)):
+        lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        for i in range(n):
+            a, b = i % 2, (i // 2) % 2
+            lines.append(f"{int(a == b)}\t{i}\t{i + n}\t{sentence(rng, a)}\t{sentence(rng, b)}")
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
 def write_tiny_bert(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
     """A 2-layer, 32-wide BERT for sequence classification and its fast tokenizer, saved in HF format
     (`extra_words` give another vocabulary, hence another tokenizer)."""
@@ -55,12 +70,13 @@ def write_tiny_bert(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
 
 @pytest.fixture(scope="session")
 def text_env(tmp_path_factory) -> dict[str, str]:
-    """{"net": hf:<tiny BERT folder>, "data": <data dir with SST-2>} with the token cache in a temp folder."""
+    """{"net": hf:<tiny BERT folder>, "data": <data dir with SST-2 and MRPC>} with the token cache in a temp folder."""
     pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("text")
     mp = pytest.MonkeyPatch()
     mp.setenv("SSL_KD_CACHE", str(root / "cache"))
-    yield {"net": f"hf:{write_tiny_bert(root / 'bert')}", "data": str(write_sst2(root / 'data'))}
+    data = write_mrpc(write_sst2(root / "data"))
+    yield {"net": f"hf:{write_tiny_bert(root / 'bert')}", "data": str(data)}
     mp.undo()
 
 

@@ -1,5 +1,5 @@
 """Paired comparisons over seeds, as Markdown:
-`python tools/paired.py runs/sweep_a runs/sweep_b --ref kd,flexmatch [--metric last_top1]`.
+`python tools/paired.py runs/sweep_a runs/sweep_b --ref kd,flexmatch [--metric last]`.
 
 Give tools/sweep.py output folders and/or run folders; runs are grouped by setting (dataset, steps,
 data options but the split seed), paired by (seed, split seed), so `--vary-split` sweeps pair seed by
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", type=Path, help="sweep output folders or run folders")
     p.add_argument("--ref", default="", help="comma-separated reference algorithms (row labels) to compare against")
-    p.add_argument("--metric", default="last_top1", help="summary.json key, or final_<key> of the last evaluation")
+    p.add_argument("--metric", default="last", help="last/median: of the run's metric (top1, or a text task's official "
+                   "metric); or a summary.json key, or final_<key> of the last evaluation")
     p.add_argument("--order", default="", help="comma-separated row order (default: alphabetical)")
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")

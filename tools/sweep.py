@@ -23,7 +23,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--vary-split", action="store_true", help="seed k also sets data.split_seed=k")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one CPU thread each)")
-    p.add_argument("--metric", default="last_top1", help="summary.json key, or final_<key> of the last evaluation, to compare")
+    p.add_argument("--metric", default="last", help="last/median: of the run's metric (top1, or a text task's official "
+                   "metric); or a summary.json key, or final_<key> of the last evaluation, to compare")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true",
                    help="run again the finished runs in --out whose settings differ from these (else they stop the sweep)")

@@ -22,7 +22,8 @@ from ssl_kd.registry import DATASETS, discover, unknown_name_message
 NOISE_MODES = ("symmetric", "pairwise")
 LABEL_SPEC = re.compile(r"(\d+)(k?)")
 NAME_EXAMPLES = ("e.g. cifar10_40, cifar10_4k, cifar100_10k, svhn_1000, digits_30, sst2_1k, or cifar10 for all labels; "
-                 "your own images in ImageFolder layout: imagefolder_<labels> with --set data.folder=PATH")
+                 "your own images in ImageFolder layout: imagefolder_<labels> with --set data.folder=PATH; "
+                 "your own text files: textfile_<labels> with --set data.folder=PATH")
 
 
 def parse_dataset_name(name: str) -> tuple[str, int | None]:
@@ -73,9 +74,13 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
     check_data_config(data_cfg)
     family, labels = resolve_family(name)
     root = data_dir / Path(data_cfg.folder or family.name).expanduser()  # an absolute data.folder replaces data_dir
-    num_classes = family.num_classes or len(family.classes(root))
-    per_class = labels_per_class(labels, num_classes, name) if labels is not None else None
+    # a family with num_classes=0 lists its classes cheaply (an image folder) or has them once loaded (text files)
+    num_classes = family.num_classes or (len(family.classes(root)) if family.classes is not None else 0)
+    per_class = labels_per_class(labels, num_classes, name) if labels is not None and num_classes else None
     raw = family.load(root, download, **{key: getattr(data_cfg, key) for key in family.options})
+    if not num_classes:
+        num_classes = len(raw.class_names)
+        per_class = labels_per_class(labels, num_classes, name) if labels is not None else None
     policy = family.policy
     if data_cfg.pad_mode and isinstance(policy, AugPolicy):  # a protocol's own padding (the zoo's: zeros)
         policy = dataclasses.replace(policy, pad_mode=data_cfg.pad_mode)
@@ -119,6 +124,8 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
         ood_idx=ood_idx if ood_idx is not None and ood_idx.numel() else None,
         clean_y=view.train_y if noisy_idx is not None else None,
         train_text=[" || ".join(t) for t in raw.train_text] if raw.train_text is not None else None,
+        train_gold=raw.train_gold,
+        test_gold=raw.test_gold,
     )
 
 

@@ -33,7 +33,8 @@ class RawData:
 
     Text families give their examples as `train_text`/`test_text` (one tuple of one or two
     segments per example) and leave `train_x`/`test_x` empty: the data layer tokenises them with
-    the network's tokenizer (ssl_kd.text.tokenise) into token ids (N,L).
+    the network's tokenizer (ssl_kd.text.tokenise) into token ids (N,L). A regression task
+    scored on float gold values (STS-B) gives them as `train_gold`/`test_gold` beside its classes.
     """
 
     train_x: torch.Tensor
@@ -43,6 +44,8 @@ class RawData:
     class_names: list[str]
     train_text: list[tuple[str, ...]] | None = None
     test_text: list[tuple[str, ...]] | None = None
+    train_gold: torch.Tensor | None = None  # float64 (N,) gold scores of a regression task
+    test_gold: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,9 @@ class DatasetFamily:
     sub-folder of the data dir, e.g. `<data-dir>/cifar10`), downloading there first when
     `download` is true, and raises `DataError` naming the path and the fix when files are missing.
     `protocol` holds the preset's training defaults (TrainConfig field -> value).
-    A family whose classes are read from its files (an image folder) has `num_classes=0` and lists
-    them cheaply with `classes(root)` before loading; `options` names DataConfig fields passed to
+    A family whose classes are read from its files has `num_classes=0` and lists them cheaply with
+    `classes(root)` before loading (an image folder), or without `classes` has them once loaded
+    (`RawData.class_names`: text files); `options` names DataConfig fields passed to
     `load` as keywords (the image folder's `image_size`).
     """
 

@@ -73,6 +73,8 @@ class SSLData:
     ood_idx: torch.Tensor | None = None  # unlabelled indices of unseen classes (data.unlabelled_mismatch > 0)
     clean_y: torch.Tensor | None = None  # the labels before flipping when noisy_idx is set
     train_text: list[str] | None = None  # text datasets: the training sentences, for explanations
+    train_gold: torch.Tensor | None = None  # a regression task's float gold scores (STS-B), for its metric
+    test_gold: torch.Tensor | None = None
 
     def true_labels(self, idx: torch.Tensor) -> torch.Tensor:
         """Ground truth of training examples, to monitor pseudo-labels only (never to train on):

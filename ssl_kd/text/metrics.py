@@ -2,13 +2,26 @@
 
 `accuracy` (SST-2, MNLI, QNLI, RTE, WNLI), `f1` of the positive class plus accuracy (MRPC, QQP),
 `matthews` correlation (CoLA), `pearson_spearman` (STS-B: the expected class value against the
-label). Correlations are undefined (nan) when one side is constant, as in scipy.
+float gold scores when given, else against the class). Correlations are undefined (nan) when one
+side is constant, as in scipy.
+
+`run_metric` names the one figure a run is judged on (best.pt, summary.json, sweep tables):
+top1 for accuracy tasks (the same number), else the task's official metric; for STS-B the mean
+of Pearson and Spearman, as GLUE scores the task.
 """
 from __future__ import annotations
 
 import torch
 
 from ssl_kd.errors import ConfigError
+
+
+RUN_METRIC = {"accuracy": "top1", "f1": "f1", "matthews": "matthews", "pearson_spearman": "pearson_spearman"}
+
+
+def run_metric(metric: str | None) -> str:
+    """The metrics.jsonl key a run with official metric `metric` (None: an image run) is judged on."""
+    return RUN_METRIC.get(metric or "accuracy", "top1")
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -32,7 +45,9 @@ def f1_positive(pred: torch.Tensor, y: torch.Tensor) -> float:
     return 2 * tp / max(1.0, float((pred == 1).sum() + (y == 1).sum()))
 
 
-def official_metrics(metric: str, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def official_metrics(metric: str, logits: torch.Tensor, y: torch.Tensor,
+                     gold: torch.Tensor | None = None) -> dict[str, float]:
+    """The task's figures; `gold` (float scores) replaces `y` as the target of the correlations."""
     pred = logits.argmax(-1)
     accuracy = 100.0 * float((pred == y).double().mean())
     if metric == "accuracy":
@@ -44,5 +59,7 @@ def official_metrics(metric: str, logits: torch.Tensor, y: torch.Tensor) -> dict
     if metric == "pearson_spearman":
         classes = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float64)
         expected = (logits.double().softmax(-1) * classes).sum(-1)
-        return {"pearson": 100.0 * _pearson(expected, y), "spearman": 100.0 * _pearson(_ranks(expected), _ranks(y))}
+        target = (gold if gold is not None else y).to(expected.device, torch.float64)
+        pearson, spearman = 100.0 * _pearson(expected, target), 100.0 * _pearson(_ranks(expected), _ranks(target))
+        return {"pearson": pearson, "spearman": spearman, "pearson_spearman": (pearson + spearman) / 2}
     raise ConfigError(f"unknown metric {metric!r}; use accuracy, f1, matthews or pearson_spearman")

@@ -1,4 +1,4 @@
-"""Test metrics of a classifier: top-1, top-5, balanced accuracy, macro-F1, per-class accuracy (percent)."""
+"""Test metrics of a classifier: top-1, top-5 (over 5 classes), balanced accuracy, macro-F1, per-class accuracy (percent)."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 from torch import nn
 
 from ssl_kd.augment.views import make_view
@@ -16,18 +17,19 @@ from ssl_kd.text.metrics import official_metrics
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, policy: AugPolicy | None, batch_size: int,
             autocast: Callable[[], Any] = nullcontext,
-            rows: slice | torch.Tensor = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+            rows: slice | torch.Tensor = slice(None), desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and features of `model` (in eval mode) over `x[rows]` (a slice or an index tensor),
-    reading one batch of rows at a time (`x` may be a host-placed HostTensor larger than the device's memory)."""
+    reading one batch of rows at a time (`x` may be a host-placed HostTensor larger than the device's memory).
+    With `desc`, a progress bar on stderr (a terminal only) counts the batches."""
     was_training = model.training
     model.eval()
     logits, feats = [], []
     if isinstance(rows, slice):
         begin, end, _ = rows.indices(x.shape[0])
-        batches = (slice(start, min(start + batch_size, end)) for start in range(begin, end, batch_size))
+        batches = [slice(start, min(start + batch_size, end)) for start in range(begin, end, batch_size)]
     else:
-        batches = iter(rows.split(batch_size))
-    for batch in batches:
+        batches = list(rows.split(batch_size))
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=None if desc else True, leave=False):
         with autocast():
             lg, ft = model(make_view("none", x[batch], policy))
         logits.append(lg.float())
@@ -46,8 +48,6 @@ def confusion_matrix(logits: torch.Tensor, y: torch.Tensor, num_classes: int) ->
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Metrics from logits; classes absent from `y` are left out of balanced accuracy and F1."""
     pred = logits.argmax(-1)
-    k = min(5, num_classes)
-    top5 = (logits.topk(k, dim=-1).indices == y[:, None]).any(-1).float().mean()
     confusion = confusion_matrix(logits, y, num_classes)
     support = confusion.sum(1).float()
     predicted = confusion.sum(0).float()
@@ -56,14 +56,16 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
     recall = tp / support.clamp(min=1)
     precision = tp / predicted.clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {
+    metrics: dict[str, Any] = {
         "top1": 100.0 * (pred == y).float().mean().item(),
-        "top5": 100.0 * top5.item(),
         "balanced_acc": 100.0 * recall[present].mean().item(),
         "macro_f1": 100.0 * f1[present].mean().item(),
         "loss": F.cross_entropy(logits, y).item(),
         "per_class": [round(100.0 * r, 2) for r in recall.tolist()],
     }
+    if num_classes > 5:  # with 5 classes or fewer top-5 is 100% by construction
+        metrics["top5"] = 100.0 * (logits.topk(5, dim=-1).indices == y[:, None]).any(-1).float().mean().item()
+    return metrics
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPolicy | None, num_classes: int,
@@ -76,9 +78,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPoli
         return task_metrics(logits, y, num_classes, policy)
 
 
-def task_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, policy: AugPolicy | TextPolicy | None) -> dict[str, Any]:
-    """classification_metrics, and for GLUE tasks their official metric by name beside them."""
+def task_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, policy: AugPolicy | TextPolicy | None,
+                 gold: torch.Tensor | None = None) -> dict[str, Any]:
+    """classification_metrics, and for GLUE tasks their official metric by name beside them
+    (`gold`: a regression task's float scores, which its correlations are computed against)."""
     metrics = classification_metrics(logits, y, num_classes)
     if isinstance(policy, TextPolicy):
-        metrics.update(official_metrics(policy.metric, logits, y))
+        metrics.update(official_metrics(policy.metric, logits, y, gold))
     return metrics

@@ -1,7 +1,9 @@
 """Run-folder logging: TensorBoard scalars/histograms, metrics.jsonl and summary.json."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -16,10 +18,11 @@ from ssl_kd.errors import DataError
 class RunLogger:
     """Writes `<run>/tb/`, `<run>/metrics.jsonl` and `<run>/summary.json`.
 
-    `eval_key` is the test accuracy the summary is about (`ema_top1` when an EMA is kept, as in
-    FixMatch's protocol, else `top1`). `select_key` is the accuracy `best.pt` is chosen on: the
-    validation split's (`ema_val_top1`) when the dataset has one, else the test split's, which is
-    an oracle choice and is named so in the summary (`best_test_top1_oracle`).
+    `eval_key` is the test figure the summary is about (`ema_top1` when an EMA is kept, as in
+    FixMatch's protocol, else `top1`; a text task's official metric, e.g. `f1`, in place of top1).
+    `select_key` is the figure `best.pt` is chosen on: the validation split's (`ema_val_top1`)
+    when the dataset has one, else the test split's, which is an oracle choice and is named so in
+    the summary (`best_test_top1_oracle`). Summary keys carry the metric's name (`last_f1`).
     """
 
     def __init__(self, run_dir: Path, eval_key: str, resume_step: int | None = None, select_key: str | None = None,
@@ -27,6 +30,7 @@ class RunLogger:
         self.run_dir = run_dir
         self.class_names = class_names or []
         self.eval_key = eval_key
+        self.metric = eval_key.removeprefix("ema_")  # top1, f1, matthews, pearson_spearman
         self.select_key = select_key or eval_key
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
@@ -35,6 +39,7 @@ class RunLogger:
             self.history = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        self.hparam_values: dict[str, Any] = {}
 
     def scalars(self, values: dict[str, float | torch.Tensor], step: int) -> None:
         for key, value in values.items():
@@ -49,6 +54,13 @@ class RunLogger:
     def image(self, tag: str, image: torch.Tensor, step: int) -> None:
         self.tb.add_image(tag, image, step)
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.tb.add_text(tag, text, step)
+
+    def hparams(self, values: dict[str, Any]) -> None:
+        """The run's settings, written with its summary figures to TensorBoard's HParams tab."""
+        self.hparam_values = values
+
     def per_class(self, row: dict[str, Any]) -> None:
         """Per-class accuracies (`per_class`, `ema_per_class`, ...) as scalars named by class."""
         for key, values in row.items():
@@ -59,7 +71,7 @@ class RunLogger:
 
     def evaluation(self, row: dict[str, Any]) -> bool:
         """Record one evaluation; returns True when it is the best so far on `select_key`."""
-        best_before = max((r[self.select_key] for r in self.history), default=float("-inf"))
+        best_before = max((score(r[self.select_key]) for r in self.history), default=float("-inf"))
         row = rounded(row)  # 15.999999642 -> 16.0: float32 noise is not a difference
         self.history.append(row)
         with self.metrics_path.open("a") as f:
@@ -69,24 +81,27 @@ class RunLogger:
                 self.tb.add_scalar(f"eval/{key}", value, row["step"])
         self.per_class(row)
         self.tb.flush()
-        return row[self.select_key] > best_before
+        return score(row[self.select_key]) > best_before
 
     def summary(self, steps: int, wall_s: float, median_last: int, extra: dict[str, Any] | None = None,
                 train_s: float | None = None) -> dict[str, Any]:
         """Write and return summary.json. Test figures selected on the test split carry `oracle`
-        in their name; a result to report is `median_top1`, `last_top1` or `test_top1_at_best_val`."""
+        in their name; a result to report is `median_<m>`, `last_<m>` or `test_<m>_at_best_val`, with
+        <m> the run's metric (`task_metric`: top1, or a text task's official metric)."""
+        m = self.metric
         accs = [r[self.eval_key] for r in self.history]
         summary: dict[str, Any] = {
             "metric": self.eval_key,
+            "task_metric": m,
             "selected_on": "val" if self.select_key != self.eval_key else "test",
-            "last_top1": accs[-1] if accs else None,
-            "median_top1": statistics.median(accs[-median_last:]) if accs else None,
-            "best_test_top1_oracle": max(accs, default=None),
+            f"last_{m}": accs[-1] if accs else None,
+            f"median_{m}": statistics.median(accs[-median_last:]) if accs else None,
+            f"best_test_{m}_oracle": max(accs, key=score, default=None),
         }
         if self.select_key != self.eval_key:
-            best = max(self.history, key=lambda r: r[self.select_key], default=None)
-            summary["best_val_top1"] = best[self.select_key] if best else None
-            summary["test_top1_at_best_val"] = best[self.eval_key] if best else None
+            best = max(self.history, key=lambda r: score(r[self.select_key]), default=None)
+            summary[f"best_val_{m}"] = best[self.select_key] if best else None
+            summary[f"test_{m}_at_best_val"] = best[self.eval_key] if best else None
         train_s = wall_s if train_s is None else train_s
         summary.update({
             "evaluations": len(accs),
@@ -98,10 +113,32 @@ class RunLogger:
         })
         summary = rounded(summary)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.hparam_values:
+            figures = {f"hparam/{k}": v for k, v in summary.items() if isinstance(v, (int, float))
+                       and not isinstance(v, bool) and k.startswith(("last_", "median_", "test_", "best_"))}
+            self.tb.add_hparams(self.hparam_values, figures, run_name=".")  # "." : beside the run's other events
         return summary
 
     def close(self) -> None:
         self.tb.close()
+
+
+def run_hparams(cfg: Any) -> dict[str, Any]:
+    """The settings a run is compared by in TensorBoard's HParams tab: train.* and algo.* scalars
+    (lists and None as text), so runs of different algorithms share one table."""
+    out: dict[str, Any] = {}
+    for section, values in (("train", dataclasses.asdict(cfg.train)),
+                            ("algo", dataclasses.asdict(cfg.algo) if cfg.algo is not None else {})):
+        for key, value in values.items():
+            if key in ("out", "data_dir", "extended", "progress", "device"):
+                continue
+            out[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
+def score(value: float) -> float:
+    """A figure to rank evaluations by: nan (a correlation of a constant prediction) ranks last."""
+    return float("-inf") if math.isnan(value) else value
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -3,26 +3,22 @@ linear warm-up and decay for Hugging Face transformers (their convention; see ru
 
 `train.optimizer=auto` takes the network's `optimizer_kind` (ssl_kd.nets.hf sets "adamw");
 `sgd`/`adamw` force one. For AdamW, `train.warmup_steps=0` means 10% of `train.steps` (BERT's
-warm-up), and biases and LayerNorm weights get no weight decay.
+warm-up), and biases and LayerNorm weights get no weight decay. `record_optimizer` writes what a
+run uses into its config (auto resolved, AdamW's schedule as `linear` with its warm-up steps), so
+config.yaml says what ran and reproduces it.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import torch
 
 from ssl_kd.errors import ConfigError
-from ssl_kd.trainer.schedule import lr_factor, make_optimizer
+from ssl_kd.trainer.schedule import linear_factor, lr_factor, make_optimizer
 
 OPTIMIZERS = ("auto", "sgd", "adamw")
 ADAMW_WARMUP_FRACTION = 0.1
-
-
-def linear_factor(step: int, total_steps: int, warmup: int) -> float:
-    """Linear warm-up from 1/warmup to 1 over `warmup` steps, then linear decay to 0 at `total_steps`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
 
 def make_adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -44,9 +40,21 @@ def schedule_factor(model: torch.nn.Module, t: Any) -> Callable[[int], float]:
     """The multiplier of train.lr at each step, as the run's scheduler applies it (one source for the
     trainer's scheduler and for algorithms that need the student's lr, such as MPL's feedback)."""
     if optimizer_kind(model, getattr(t, "optimizer", "auto")) == "adamw":
-        warmup = t.warmup_steps or max(1, round(ADAMW_WARMUP_FRACTION * t.steps))
+        warmup = adamw_warmup(t)
         return lambda step: linear_factor(step, t.steps, warmup)
     return lambda step: lr_factor(step, t)
+
+
+def adamw_warmup(t: Any) -> int:
+    return t.warmup_steps or max(1, round(ADAMW_WARMUP_FRACTION * t.steps))
+
+
+def record_optimizer(model: torch.nn.Module, t: Any) -> Any:
+    """TrainConfig `t` as it runs on `model`: the optimizer named, and for AdamW the linear schedule
+    and its warm-up steps (the values schedule_factor uses, so training is unchanged)."""
+    kind = optimizer_kind(model, getattr(t, "optimizer", "auto"))
+    ran = {"lr_schedule": "linear", "warmup_steps": adamw_warmup(t)} if kind == "adamw" else {}
+    return dataclasses.replace(t, optimizer=kind, **ran)
 
 
 def build_optimizer(model: torch.nn.Module, t: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

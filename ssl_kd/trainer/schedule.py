@@ -3,7 +3,9 @@
 - `cosine` (FixMatch's): lr * cos(cycles * pi * k / K);
 - `multistep` (the CIFAR distillation zoo's, RepDistiller/CRD/DKD): lr * decay^m, m the number of
   milestones passed, milestones given as fractions of train.steps (150/180/210 of 240 epochs is
-  0.625/0.75/0.875).
+  0.625/0.75/0.875);
+- `linear` (Hugging Face's run_glue): linear warm-up, then linear decay to 0 at train.steps; what
+  AdamW runs always use (ssl_kd.trainer.optim), and what their config.yaml records.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 
 from ssl_kd.errors import ConfigError
 
-LR_SCHEDULES = ("cosine", "multistep")
+LR_SCHEDULES = ("cosine", "multistep", "linear")
 
 
 def cosine_factor(step: int, total_steps: int, cycles: float, warmup: int = 0) -> float:
@@ -32,11 +34,20 @@ def multistep_factor(step: int, total_steps: int, milestones: tuple[float, ...],
     return decay ** sum(step >= round(m * total_steps) for m in milestones)
 
 
+def linear_factor(step: int, total_steps: int, warmup: int) -> float:
+    """Linear warm-up from 1/warmup to 1 over `warmup` steps, then linear decay to 0 at `total_steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
 def lr_factor(step: int, train_cfg: Any) -> float:
     """The multiplier of train.lr at `step` under the run's `train.lr_schedule`."""
     t = train_cfg
     if t.lr_schedule == "multistep":
         return multistep_factor(step, t.steps, t.lr_milestones, t.lr_decay, t.warmup_steps)
+    if t.lr_schedule == "linear":
+        return linear_factor(step, t.steps, t.warmup_steps)
     return cosine_factor(step, t.steps, t.cosine_cycles, t.warmup_steps)
 
 

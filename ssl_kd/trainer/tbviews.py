@@ -1,5 +1,6 @@
 """TensorBoard pictures of a run: a confusion matrix per evaluation, a histogram of the teacher's
-(or model's) confidence on unlabelled images, and a grid of the augmented views at the start."""
+(or model's) confidence on unlabelled examples (any modality), and at the start the augmented
+views: a grid of images, or a table of sentences as the views see them (decoded tokens)."""
 from __future__ import annotations
 
 from typing import Any
@@ -41,9 +42,9 @@ def confusion_figure(confusion: torch.Tensor, class_names: list[str]) -> Any:
 
 
 def confidence(model: nn.Module, data: SSLData, batch_size: int, autocast: Any) -> torch.Tensor | None:
-    """Max softmax probability of `model` on a fixed set of unlabelled images (eval mode)."""
+    """Max softmax probability of `model` on a fixed set of unlabelled examples (eval mode)."""
     idx = data.unlabelled_idx[:CONFIDENCE_EXAMPLES]
-    if idx.numel() == 0 or data.train_x.ndim != 4:
+    if idx.numel() == 0:
         return None
     logits, _ = predict(model, data.train_x[idx], data.policy, batch_size, autocast)
     return logits.softmax(-1).max(-1).values
@@ -65,6 +66,24 @@ def views_grid(data: SSLData, names: tuple[str, ...] = ("none", "weak", "strong"
     pad = torch.ones(v, n, c, h + 2, w + 2, device=x.device)
     pad[..., 1:-1, 1:-1] = tiles
     return pad.permute(2, 0, 3, 1, 4).reshape(c, v * (h + 2), n * (w + 2)).cpu()
+
+
+def views_text(data: SSLData, tokenizer: Any, names: tuple[str, ...] = ("none", "weak", "strong"),
+               count: int = 4) -> str | None:
+    """A Markdown table of the first labelled sentences as each view sees them (decoded token ids,
+    special tokens shown, padding dropped), drawn on a forked RNG so training is unchanged."""
+    if data.modality != "text" or data.labelled_idx.numel() == 0:
+        return None
+    x = data.train_x[data.labelled_idx[:count]]
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        views = {name: make_view(name, x, data.policy) for name in names}
+    pad = data.policy.pad_id
+    decode = lambda ids: tokenizer.decode([i for i in ids.tolist() if i != pad]).replace("|", "\\|")  # noqa: E731
+    rows = ["| example | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i in range(x.shape[0]):
+        rows.append(f"| {i} | " + " | ".join(decode(views[name][i]) for name in names) + " |")
+    return "\n".join(rows)
 
 
 def log_evaluation_pictures(logger: Any, step: int, data: SSLData, test_logits: torch.Tensor,

@@ -7,6 +7,7 @@ the progress bar. A run is resumable exactly: checkpoints hold every piece of st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import signal
 import threading
@@ -28,16 +29,18 @@ from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.influence.diagnostics import roc_auc
 from ssl_kd.run import algorithm_class, build_network
+from ssl_kd.text.hub import is_hf_name
+from ssl_kd.text.metrics import run_metric
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.checkpoint import RESUME_KEYS, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import predict, task_metrics
 from ssl_kd.trainer.guard import FiniteGuard
-from ssl_kd.trainer.logger import RunLogger
+from ssl_kd.trainer.logger import RunLogger, run_hparams
 from ssl_kd.trainer.monitor import ood_logs
-from ssl_kd.trainer.optim import build_optimizer
-from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid
+from ssl_kd.trainer.optim import build_optimizer, record_optimizer
+from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid, views_text
 from ssl_kd.weighting.module import build_weights
 
 
@@ -72,6 +75,7 @@ class Trainer:
         t = cfg.train
         seed_everything(t.seed)
         self.data, self.placement = place_data(data, device, cfg.data)
+        self.metric = run_metric(getattr(self.data.policy, "metric", None))  # top1, or a text task's official metric
         self.model = distributed.convert_batchnorm(build_network(t.net, self.data).to(device), self.dist, device, t.sync_bn)
         if device.type == "cuda" and t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -79,6 +83,8 @@ class Trainer:
         self.forward_model = distributed.wrap(self.model, self.dist, device)
         if t.compile:
             self.forward_model = CompiledWithFallback(self.forward_model)
+        self.cfg = cfg = dataclasses.replace(cfg, train=record_optimizer(self.model, t))  # what runs, for config.yaml
+        t = cfg.train
         self.optimizer, self.scheduler = build_optimizer(self.model, t)
         algo_cls = algorithm_class(t.algo)
         ctx = Context(
@@ -107,6 +113,13 @@ class Trainer:
         self.test_logits: dict[str, torch.Tensor] = {}  # the last evaluation's, per model prefix
         self.plugins: list[dict[str, str]] = []  # plug-in records (ssl_kd.plugins), kept in checkpoints
         self.run_id = ""  # the run folder's identity (ssl_kd.trainer.rundir), kept in checkpoints
+
+    def metric_keys(self) -> tuple[str, str]:
+        """(eval_key, select_key): the test figure the summary reports (the EMA's when one is kept,
+        as in FixMatch's protocol) and the one best.pt is chosen on (validation's when there is a split)."""
+        eval_key = f"{'ema_' if self.ema_model is not None else ''}{self.metric}"
+        prefix = eval_key[: -len(self.metric)]
+        return eval_key, f"{prefix}val_{self.metric}" if self.data.val_idx.numel() > 0 else eval_key
 
     @property
     def wall_s(self) -> float:
@@ -186,12 +199,14 @@ class Trainer:
                 continue
             logits = self.predict_all(model, d.test_x)
             self.test_logits[prefix] = logits  # for the confusion matrix
-            metrics = task_metrics(logits, d.test_y, d.num_classes, d.policy)
+            metrics = task_metrics(logits, d.test_y, d.num_classes, d.policy, d.test_gold)
             row.update({f"{prefix}{k}": v for k, v in metrics.items()})
             if d.val_idx.numel() > 0:
                 with torch.inference_mode():  # nothing made here leaves the block (inference tensors)
                     val_logits = self.predict_all(model, d.train_x[d.val_idx])
-                    row[f"{prefix}val_top1"] = task_metrics(val_logits, d.train_y[d.val_idx], d.num_classes, d.policy)["top1"]
+                    gold = d.train_gold[d.val_idx.cpu()] if d.train_gold is not None else None
+                    val = task_metrics(val_logits, d.train_y[d.val_idx], d.num_classes, d.policy, gold)
+                    row.update({f"{prefix}val_{k}": val[k] for k in dict.fromkeys(("top1", self.metric))})
         row.update(self.algorithm.eval_metrics())
         row.update(self.algorithm.weights.eval_metrics())
         row.update(self.applied_weight_metrics())
@@ -215,15 +230,16 @@ class Trainer:
 
     def predict_all(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits of `model` on `x`; distributed, each rank predicts its contiguous part and the parts are gathered."""
+        desc = "evaluating" if self.cfg.train.progress and self.dist.is_main else ""  # text evaluations take a while
         return distributed.sharded(lambda part: predict(model, x, self.data.policy, self.cfg.train.eval_batch_size,
-                                                        self.autocast, rows=part)[0], x.shape[0])
+                                                        self.autocast, rows=part, desc=desc)[0], x.shape[0])
 
     def log_pictures(self, logger: RunLogger) -> None:
         """TensorBoard figures of an evaluation: the reported model's confusion matrix and the
         confidence of the teacher (the algorithm's extra model), else of that model, on unlabelled images."""
         if not self.dist.is_main:
             return  # only rank 0 logs
-        prefix = logger.eval_key[: -len("top1")]
+        prefix = logger.eval_key[: -len(self.metric)]
         teacher = self.algorithm.eval_model()
         scorer, name = (teacher, "teacher") if teacher is not None else (self.ema_model or self.model, "model")
         log_evaluation_pictures(logger, self.step, self.data, self.test_logits[prefix], scorer, name,
@@ -306,6 +322,12 @@ class Trainer:
         last_eval: dict[str, Any] = {}
         if self.step == 0 and (grid := views_grid(self.data)) is not None:
             logger.image("views/none_weak_strong", grid, 0)  # what the augmentation does to a few images
+        if self.step == 0 and self.dist.is_main and self.data.modality == "text" and is_hf_name(t.net):
+            from ssl_kd.text.tokenise import load_tokenizer
+
+            if (table := views_text(self.data, load_tokenizer(t.net))) is not None:
+                logger.text("views/none_weak_strong", table, 0)  # the sentences as the views see them
+        logger.hparams(run_hparams(self.cfg))
         stopping = False
         with StopRequest() as stop:
             while self.step < t.steps and not stopping:
