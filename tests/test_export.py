@@ -12,7 +12,7 @@ import torch
 
 from ssl_kd.cli import main as train_main
 from ssl_kd.export import eval_logits
-from ssl_kd.trainer.checkpoint import load_run
+from ssl_kd.run import load_run
 from tests.conftest import quick_args
 from tests.test_plugins import load_tool
 from tests.text_fixtures import text_args, text_env  # noqa: F401 (fixture)

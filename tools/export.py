@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ssl_kd.errors import SSLKDError
 from ssl_kd.export import export_run
-from ssl_kd.trainer.checkpoint import load_run
+from ssl_kd.run import load_run
 
 
 def main(argv: list[str] | None = None) -> int:
