@@ -31,7 +31,7 @@ import torch
 from ssl_kd.cli import parser as train_parser
 from ssl_kd.cli import prepare
 from ssl_kd.errors import SSLKDError
-from ssl_kd.floor import FloorStep
+from ssl_kd.floor import FloorStep, make_floor
 from ssl_kd.pil_pipeline import pipeline_images_per_s
 from ssl_kd.timing import OccasionalWork, amortised
 from ssl_kd.plugins import load_plugins
@@ -67,10 +67,10 @@ def time_step(trainer: Trainer, occasional: OccasionalWork) -> tuple[float, floa
     return time.perf_counter() - t1, t1 - t0, occasional.take()
 
 
-def make_floor(trainer: Trainer) -> FloorStep:
+def floor_of_trainer(trainer: Trainer) -> FloorStep:
     t, algo = trainer.cfg.train, trainer.algorithm
-    return FloorStep(build_network(t.net, trainer.data), tuple(trainer.data.train_x.shape[1:]), trainer.data.num_classes,
-                     t, len(algo.labelled_views), len(algo.unlabelled_views) if algo.needs_unlabelled else 0, trainer.device)
+    return make_floor(build_network(t.net, trainer.data), trainer.data, t, len(algo.labelled_views),
+                      len(algo.unlabelled_views) if algo.needs_unlabelled else 0, trainer.device)
 
 
 def time_floor(floor: FloorStep, device: torch.device) -> float:
@@ -142,7 +142,7 @@ def main() -> int:
                     key = (len(tr.algorithm.labelled_views), len(tr.algorithm.unlabelled_views) * tr.algorithm.needs_unlabelled)
                     floor_of[a] = key
                     if key not in floors:
-                        floors[key] = make_floor(tr)
+                        floors[key] = floor_of_trainer(tr)
             steps: dict[str, list[float]] = {a: [] for a in algos}
             views: dict[str, list[float]] = {a: [] for a in algos}
             extra: dict[str, list[float]] = {a: [] for a in algos}

@@ -27,6 +27,7 @@ from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.run import algorithm_class, build_network
 from ssl_kd.trainer import distributed
+from ssl_kd.trainer.amp import autocast_for
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import CompiledWithFallback
 from ssl_kd.trainer.ema import make_ema, update_ema
@@ -109,9 +110,7 @@ class Trainer:
 
     # ----- pieces of one step -------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" and self.cfg.train.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_for(self.device, self.cfg.train)
 
     def views(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         out = {name: make_view(name, x, self.data.policy) for name in names}
