@@ -28,6 +28,7 @@ from ssl_kd.config import TrainConfig
 from ssl_kd.data.types import SSLData, TextPolicy
 from ssl_kd.errors import ConfigError
 from ssl_kd.trainer.amp import autocast_for
+from ssl_kd.trainer.compile import compile_network
 from ssl_kd.trainer.optim import build_optimizer
 
 class FloorStep:
@@ -35,13 +36,13 @@ class FloorStep:
     (`n_labelled * labelled_views` rows, then `n_unlabelled` rows per unlabelled view)."""
 
     def __init__(self, net: nn.Module, inputs: Callable[[], torch.Tensor], num_classes: int, train: TrainConfig,
-                 labelled_views: int, unlabelled_views: int, device: torch.device) -> None:
+                 labelled_views: int, unlabelled_views: int, device: torch.device, modality: str = "image") -> None:
         generator = torch.Generator().manual_seed(0)
         self.net = net.to(device)
         cuda = device.type == "cuda"
         if cuda and train.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.net) if train.compile else self.net
+        self.forward = compile_network(self.net, modality) if train.compile else self.net  # as the trainer compiles
         self.ema = [p.detach().clone() for p in self.net.parameters()]
         self.ema_buffers = [b.clone() for b in self.net.buffers()]
         self.decay = train.ema
@@ -160,4 +161,4 @@ def make_floor(net: nn.Module, data: SSLData, train: TrainConfig, labelled_views
                device: torch.device) -> FloorStep:
     """The floor step of `net` on `data`'s modality for an algorithm's view counts."""
     inputs = floor_inputs(net, data, train, labelled_views, unlabelled_views, device)
-    return FloorStep(net, inputs, data.num_classes, train, labelled_views, unlabelled_views, device)
+    return FloorStep(net, inputs, data.num_classes, train, labelled_views, unlabelled_views, device, data.modality)

@@ -29,7 +29,7 @@ from ssl_kd.run import algorithm_class, build_network
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.amp import autocast_for
 from ssl_kd.trainer.checkpoint import check_finite_state, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
-from ssl_kd.trainer.compile import CompiledWithFallback
+from ssl_kd.trainer.compile import compile_network
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import predict, task_metrics
 from ssl_kd.trainer.guard import FiniteGuard
@@ -76,7 +76,7 @@ class Trainer:
         self.ema_model = make_ema(self.model) if t.ema > 0 else None
         self.forward_model = distributed.wrap(self.model, self.dist, device)
         if t.compile:
-            self.forward_model = CompiledWithFallback(self.forward_model)
+            self.forward_model = compile_network(self.forward_model, self.data.modality)
         self.optimizer, self.scheduler = build_optimizer(self.model, t)
         algo_cls = algorithm_class(t.algo)
         ctx = Context(
