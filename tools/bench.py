@@ -5,7 +5,9 @@
 
 Per algorithm: median seconds per step, images per second ((1 + mu) * B distinct images a step),
 the share of the step spent making the views (augmentation), peak memory, and each algorithm's
-time relative to the first one. Steps of the algorithms alternate, so machine noise hits all alike.
+time relative to the first one. Steps of the algorithms alternate, so machine noise hits all alike,
+and every other round runs in reverse order, so that no step always comes first in its round (on
+the loaded CPU the first step of a round ran up to ~9% slower, issue 21).
 
 `--floor` adds the compute floor (`ssl_kd.floor`): a plain PyTorch step of the same network on
 random tensors of each algorithm's view shapes, alternating with the real steps; every row gains
@@ -147,17 +149,20 @@ def main() -> int:
             views: dict[str, list[float]] = {a: [] for a in algos}
             extra: dict[str, list[float]] = {a: [] for a in algos}
             floor_s: dict[tuple[int, int], list[float]] = {k: [] for k in floors}
+            jobs = [*((False, a) for a in trainers), *((True, k) for k in floors)]
             for repeat in range(args.warmup + args.steps):
-                for a, trainer in trainers.items():
-                    step_s, view_s, extra_s = time_step(trainer, occasional[a])
+                # every other round runs in reverse order: no step is always first (or last) in its round
+                for is_floor, name in (jobs if repeat % 2 == 0 else jobs[::-1]):
+                    if is_floor:
+                        seconds = time_floor(floors[name], device)
+                        if repeat >= args.warmup:
+                            floor_s[name].append(seconds)
+                        continue
+                    step_s, view_s, extra_s = time_step(trainers[name], occasional[name])
                     if repeat >= args.warmup:
-                        steps[a].append(step_s)
-                        views[a].append(view_s)
-                        extra[a].append(extra_s)
-                for key, floor in floors.items():
-                    seconds = time_floor(floor, device)
-                    if repeat >= args.warmup:
-                        floor_s[key].append(seconds)
+                        steps[name].append(step_s)
+                        views[name].append(view_s)
+                        extra[name].append(extra_s)
         load_after = os.getloadavg()
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
