@@ -91,6 +91,15 @@ def paired(trainer: Trainer, steps: int) -> None:
     floor = bench.floor_of_trainer(trainer)
     pad = trainer.data.policy.pad_id
     g = torch.Generator().manual_seed(1)
+    draw = floor.inputs
+    widths: dict[str, list[int]] = {"real": [], "floor": []}
+    for _ in range(200):  # the floor's batch widths against the real feed's (the network trims to the longest)
+        b = trainer.next_batch()
+        x = torch.cat([b.x_l["weak"], b.x_u["weak"], b.x_u["strong"]])
+        widths["real"].append(int((x != pad).sum(1).max()))
+        widths["floor"].append(draw().shape[1])
+    print("batch width over 200 batches: " + ", ".join(
+        f"{k} mean {statistics.mean(v):.1f}, median {statistics.median(v)}" for k, v in widths.items()))
     ratios: dict[str, list[float]] = {"real first": [], "floor first": []}
     real_s, floor_s = [], []
     for r in range(WARMUP + steps):
