@@ -108,3 +108,16 @@ def test_fused_adamw_matches_the_per_parameter_update(text_trainer) -> None:
             opt.step()
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["fixmatch", "kdaif"])
+def test_text_training_steps_run_under_cpu_bf16_autocast(text_env, tmp_path, algo) -> None:  # noqa: F811
+    trainer = make_text_trainer(text_env, tmp_path, algo, 4, "sst2_8", "--set", "train.cpu_amp=true",
+                                *(("--set", "algo.weight_warmup=0") if algo == "kdaif" else ()))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    for _ in range(2):
+        _, out = trainer.train_one_step()
+        trainer.step += 1
+        assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32  # losses are taken in fp32
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast leaves the weights fp32
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))

@@ -6,8 +6,8 @@
 Per algorithm: median seconds per step, images per second ((1 + mu) * B distinct images a step),
 the share of the step spent making the views (augmentation), peak memory, and each algorithm's
 time relative to the first one. Steps of the algorithms alternate, so machine noise hits all alike,
-and every other round runs in reverse order, so that no step always comes first in its round (on
-the loaded CPU the first step of a round ran up to ~9% slower, issue 21).
+and each round starts one step further on, so every step (floors included) comes first in its round
+equally often (on the loaded CPU the first step of a round ran up to ~14% slower, issue 21).
 
 `--floor` adds the compute floor (`ssl_kd.floor`): a plain PyTorch step of the same network on
 random tensors of each algorithm's view shapes, alternating with the real steps; every row gains
@@ -151,8 +151,9 @@ def main() -> int:
             floor_s: dict[tuple[int, int], list[float]] = {k: [] for k in floors}
             jobs = [*((False, a) for a in trainers), *((True, k) for k in floors)]
             for repeat in range(args.warmup + args.steps):
-                # every other round runs in reverse order: no step is always first (or last) in its round
-                for is_floor, name in (jobs if repeat % 2 == 0 else jobs[::-1]):
+                # each round starts one job further on: every step comes first in its round equally often
+                start = repeat % len(jobs)
+                for is_floor, name in jobs[start:] + jobs[:start]:
                     if is_floor:
                         seconds = time_floor(floors[name], device)
                         if repeat >= args.warmup:

@@ -1,5 +1,6 @@
 """The autocast of a run's forward passes: bf16 on CUDA (`train.amp`), and on the CPU only when asked
-(`train.cpu_amp`: a CPU with AVX512-BF16/AMX gains from it, one without loses; measure first)."""
+(`train.cpu_amp`: 1.5x faster text steps on a CPU with AMX-BF16, BENCHMARKS.md issue 21; a CPU without bf16
+units would not gain, so it is off by default)."""
 from __future__ import annotations
 
 import contextlib
