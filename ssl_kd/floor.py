@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.config import TrainConfig
+from ssl_kd.data.sampler import InfiniteSampler
 from ssl_kd.data.types import SSLData, TextPolicy
 from ssl_kd.errors import ConfigError
 from ssl_kd.trainer.amp import autocast_for
@@ -110,40 +111,56 @@ def vocabulary_size(net: nn.Module) -> int:
 
 class TextInputs:
     """Each call: a fresh batch of random token ids with sentence lengths drawn from the dataset's
-    (drawing them costs well under 1 ms, against tens of ms for the smallest transformer step)."""
+    (drawing them costs well under 1 ms, against tens of ms for the smallest transformer step).
 
-    def __init__(self, lengths_l: torch.Tensor, lengths_u: torch.Tensor, n_l: int, n_u: int, labelled_views: int,
-                 unlabelled_views: int, vocab: int, policy: TextPolicy, device: torch.device) -> None:
+    With `seed` the lengths are those of the training examples the trainer's own samplers draw with
+    that seed (the same index streams, so step k of the floor has the width of step k of a run with
+    that seed): the same distribution, drawn in step with the real batches, which makes the ratio of
+    two short medians a paired comparison (a batch's width varies its step time up to 2x)."""
+
+    def __init__(self, lengths: torch.Tensor, labelled_idx: torch.Tensor, unlabelled_idx: torch.Tensor, n_l: int, n_u: int,
+                 labelled_views: int, unlabelled_views: int, vocab: int, policy: TextPolicy, device: torch.device,
+                 seed: int | None = None) -> None:
         self.generator = torch.Generator().manual_seed(0)
         words = torch.ones(vocab, dtype=torch.bool)
         words[[i for i in policy.special_ids if 0 <= i < vocab]] = False
         self.word_ids = words.nonzero().squeeze(1)  # never a pad, [SEP] or [CLS] inside a sentence
-        self.lengths_l, self.lengths_u = lengths_l, lengths_u
+        self.lengths = lengths  # of every training example, by index
+        self.idx = (labelled_idx.cpu(), unlabelled_idx.cpu())
+        self.samplers = None
+        if seed is not None:  # the trainer's StepFeeds: InfiniteSampler(labelled, B, seed), (unlabelled, mu*B, seed + 1)
+            self.samplers = (InfiniteSampler(self.idx[0], n_l, seed), InfiniteSampler(self.idx[1], n_u, seed + 1) if n_u else None)
         self.n_l, self.n_u, self.views = n_l, n_u, (labelled_views, unlabelled_views)
         self.pad_id, self.device = policy.pad_id, device
 
-    def draw(self, lengths: torch.Tensor, n: int) -> torch.Tensor:
-        return lengths[torch.randint(len(lengths), (n,), generator=self.generator)] if n else lengths[:0]
+    def draw(self, part: int, n: int) -> torch.Tensor:
+        if not n:
+            return self.lengths[:0]
+        if self.samplers is not None:
+            return self.lengths[next(self.samplers[part])]
+        idx = self.idx[part]
+        return self.lengths[idx[torch.randint(len(idx), (n,), generator=self.generator)]]
 
     def __call__(self) -> torch.Tensor:
-        labelled, unlabelled = self.draw(self.lengths_l, self.n_l), self.draw(self.lengths_u, self.n_u)
+        labelled, unlabelled = self.draw(0, self.n_l), self.draw(1, self.n_u)
         lengths = torch.cat([labelled.repeat(self.views[0]), unlabelled.repeat(self.views[1])])
         ids = self.word_ids[torch.randint(len(self.word_ids), (len(lengths), int(lengths.max())), generator=self.generator)]
         pad = torch.arange(ids.shape[1]) >= lengths[:, None]
         return ids.masked_fill(pad, self.pad_id).to(self.device, non_blocking=True)
 
 
-def sentence_lengths(data: SSLData, idx: torch.Tensor) -> torch.Tensor:
-    """Tokens (special tokens included) of each training example in `idx`, on the host."""
+def sentence_lengths(data: SSLData, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Tokens (special tokens included) of each training example in `idx` (default: all), on the host."""
     policy = data.policy
     assert isinstance(policy, TextPolicy)
-    rows = data.train_x[idx.to(data.train_x.device)]
+    rows = data.train_x if idx is None else data.train_x[idx.to(data.train_x.device)]
     return (rows != policy.pad_id).sum(1).clamp(min=1).cpu()
 
 
 def floor_inputs(net: nn.Module, data: SSLData, train: TrainConfig, labelled_views: int, unlabelled_views: int,
-                 device: torch.device) -> Callable[[], torch.Tensor]:
-    """The floor's inputs for `data`'s modality, or a one-line ConfigError saying why there are none."""
+                 device: torch.device, seed: int | None = None) -> Callable[[], torch.Tensor]:
+    """The floor's inputs for `data`'s modality, or a one-line ConfigError saying why there are none
+    (`seed`: text lengths in step with a run of that seed, `TextInputs`)."""
     n_l = train.batch_size
     n_u = train.batch_size * train.uratio if unlabelled_views else 0
     if data.modality == "image":
@@ -151,14 +168,13 @@ def floor_inputs(net: nn.Module, data: SSLData, train: TrainConfig, labelled_vie
                             device.type == "cuda" and train.channels_last)
     if data.modality == "text":
         assert isinstance(data.policy, TextPolicy)
-        lengths_u = sentence_lengths(data, data.unlabelled_idx) if n_u else torch.ones(0, dtype=torch.long)
-        return TextInputs(sentence_lengths(data, data.labelled_idx), lengths_u, n_l, n_u, labelled_views,
-                          unlabelled_views, vocabulary_size(net), data.policy, device)
+        return TextInputs(sentence_lengths(data), data.labelled_idx, data.unlabelled_idx, n_l, n_u, labelled_views,
+                          unlabelled_views, vocabulary_size(net), data.policy, device, seed)
     raise ConfigError(f"--floor: no floor inputs for {data.modality!r} data (only image and text); bench it without --floor")
 
 
 def make_floor(net: nn.Module, data: SSLData, train: TrainConfig, labelled_views: int, unlabelled_views: int,
-               device: torch.device) -> FloorStep:
+               device: torch.device, seed: int | None = None) -> FloorStep:
     """The floor step of `net` on `data`'s modality for an algorithm's view counts."""
-    inputs = floor_inputs(net, data, train, labelled_views, unlabelled_views, device)
+    inputs = floor_inputs(net, data, train, labelled_views, unlabelled_views, device, seed)
     return FloorStep(net, inputs, data.num_classes, train, labelled_views, unlabelled_views, device, data.modality)

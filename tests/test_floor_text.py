@@ -87,3 +87,28 @@ def test_bench_floor_runs_on_text(text_env, tmp_path) -> None:  # noqa: F811
     assert set(rows) == {"supervised", "fixmatch"}
     for row in rows.values():
         assert row["ratio_to_floor"] == pytest.approx(row["s_per_step"] / row["floor_s_per_step"])
+
+
+def test_seeded_text_floor_has_the_width_of_each_real_step(text_env, tmp_path) -> None:  # noqa: F811
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench
+
+    trainer = make_text_trainer(text_env, tmp_path, "fixmatch", 8)
+    floor = bench.floor_of_trainer(trainer)
+    pad = trainer.data.policy.pad_id
+    widths = []
+    real_next_batch = trainer.next_batch
+
+    def record() -> object:  # the width of the batch each real step draws
+        batch = real_next_batch()
+        x = torch.cat([batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"]])
+        widths.append(int((x != pad).sum(1).max()))
+        return batch
+
+    trainer.next_batch = record
+    occasional = bench.OccasionalWork(trainer.algorithm)
+    for _ in range(4):
+        _, view_s, _ = bench.time_step(trainer, occasional)
+        assert view_s > 0
+    assert len(widths) == 4, "one batch per timed step, as in a run"
+    assert [floor.inputs().shape[1] for _ in range(4)] == widths

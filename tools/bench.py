@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,23 +57,37 @@ def build(algo: str, args: argparse.Namespace, out: Path) -> Trainer:
 
 
 def time_step(trainer: Trainer, occasional: OccasionalWork) -> tuple[float, float, float]:
-    """Seconds for one whole training step, for making its views alone, and for occasional work in it."""
-    sync(trainer.device)
-    t0 = time.perf_counter()
-    trainer.next_batch()
-    sync(trainer.device)
-    t1 = time.perf_counter()
-    occasional.take()
-    trainer.train_one_step()
-    trainer.step += 1
-    sync(trainer.device)
-    return time.perf_counter() - t1, t1 - t0, occasional.take()
+    """Seconds for one whole training step, for making its views (inside the step), and for occasional work in it.
+    The step draws its one batch as a run does, so the trainers and the text floor see batches in step."""
+    make_batch, view_s, own = trainer.next_batch, [0.0], "next_batch" in vars(trainer)
+
+    def timed_batch() -> Any:
+        start = time.perf_counter()
+        batch = make_batch()
+        sync(trainer.device)
+        view_s[0] += time.perf_counter() - start
+        return batch
+
+    trainer.next_batch = timed_batch  # type: ignore[method-assign]
+    try:
+        sync(trainer.device)
+        start = time.perf_counter()
+        occasional.take()
+        trainer.train_one_step()
+        trainer.step += 1
+        sync(trainer.device)
+        return time.perf_counter() - start, view_s[0], occasional.take()
+    finally:
+        if own:
+            trainer.next_batch = make_batch  # type: ignore[method-assign]
+        else:
+            del trainer.next_batch  # the class's method again
 
 
 def floor_of_trainer(trainer: Trainer) -> FloorStep:
     t, algo = trainer.cfg.train, trainer.algorithm
     return make_floor(build_network(t.net, trainer.data), trainer.data, t, len(algo.labelled_views),
-                      len(algo.unlabelled_views) if algo.needs_unlabelled else 0, trainer.device)
+                      len(algo.unlabelled_views) if algo.needs_unlabelled else 0, trainer.device, seed=t.seed)
 
 
 def time_floor(floor: FloorStep, device: torch.device) -> float:
