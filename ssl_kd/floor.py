@@ -13,8 +13,8 @@ Inputs by modality (`floor_inputs`): images are one fixed random float batch of 
 shape; text is random token ids inside the network's vocabulary, each row as long as a sentence
 drawn from the dataset's own length distribution (labelled rows from the labelled split,
 unlabelled rows from the unlabelled one, every unlabelled view of a row as long as its first view,
-as views of one sentence are) and the batch right-padded to its longest row, as the real feed
-hands it to the network.
+as views of one sentence are; `tools/bench.py` draws the very examples its trainers draw, `TextInputs`)
+and the batch right-padded to its longest row, as the real feed hands it to the network.
 """
 from __future__ import annotations
 
