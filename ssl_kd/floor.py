@@ -32,6 +32,7 @@ from ssl_kd.trainer.amp import autocast_for
 from ssl_kd.trainer.compile import compile_network
 from ssl_kd.trainer.optim import build_optimizer
 
+
 class FloorStep:
     """One plain training step of `net`; `inputs()` gives the concatenated views of one step
     (`n_labelled * labelled_views` rows, then `n_unlabelled` rows per unlabelled view)."""
