@@ -43,6 +43,7 @@ class TrainConfig:
     ema: float = 0.999  # EMA decay of the evaluated model; 0 disables the EMA
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    cpu_amp: bool = False  # bf16 autocast on the CPU too (ssl_kd.trainer.amp; BENCHMARKS.md issue 21 measures it)
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the network
     sync_bn: bool = False  # torchrun: SyncBatchNorm across ranks (CUDA) instead of per-rank statistics

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, SHARED_DATA
+from tests.text_fixtures import write_sst2, write_tiny_bert
 
 # the rebuild script of ../shared/data (from a git worktree in a sub-folder, two levels further up)
 REBUILD = next((d / "cifar10" / "jpeg_to_batches.py" for d in (SHARED_DATA, REPO.parents[1] / "shared" / "data")
@@ -28,7 +29,11 @@ def run_check(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPro
 
 
 def test_tiny_gpu_check_writes_one_table_and_one_json(tmp_path: Path) -> None:
-    proc = run_check(tmp_path, GPU_CHECK_TINY="1", GPU_CHECK_DATA=str(tmp_path / "data"))
+    pytest.importorskip("transformers")
+    bert = write_tiny_bert(tmp_path / "bert")
+    nets = f"hf:{bert}:layers=1 hf:{bert}"
+    proc = run_check(tmp_path, GPU_CHECK_TINY="1", GPU_CHECK_DATA=str(write_sst2(tmp_path / "data")),
+                     GPU_CHECK_TEXT_NETS=nets, SSL_KD_CACHE=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert [(r["config"], r["algo"]) for r in result["rows"]] == [
@@ -42,6 +47,17 @@ def test_tiny_gpu_check_writes_one_table_and_one_json(tmp_path: Path) -> None:
     assert result["training_run"]["steps"] == max(1, int(2 / fixmatch["s_per_step"]))
     assert result["training_run"]["last_top1"] is not None
     assert "| eager_fp32 | kdaif |" in proc.stdout and "| PIL pipeline |" in proc.stdout
+    # text rows (issue 21): each student, supervised and FixMatch, against its text floor
+    text = result["text_rows"]
+    assert [(r["config"], r["net"], r["algo"]) for r in text] == [
+        (c, n, a) for n in nets.split() for c in ("eager_fp32",) for a in ("supervised", "fixmatch")]
+    assert all(r["ratio_to_floor"] == r["s_per_step"] / r["floor_s_per_step"] for r in text)
+    assert f"| eager_fp32 | hf:{bert}:layers=1 | fixmatch |" in proc.stdout
+
+
+def test_gpu_check_without_sst2_names_the_text_switch(tmp_path: Path) -> None:
+    proc = run_check(tmp_path, GPU_CHECK_TINY="1", GPU_CHECK_DATA=str(tmp_path / "empty"))
+    assert proc.returncode == 2 and "GPU_CHECK_TEXT=0" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def _tiny_jpeg_archive(path: Path) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from ssl_kd.config import TrainConfig
-from ssl_kd.floor import FloorStep
+from ssl_kd.floor import FloorStep, image_inputs
 from ssl_kd.pil_pipeline import Cutout, fixmatch_transforms
 from ssl_kd.timing import OccasionalWork, amortised
 
@@ -30,7 +30,8 @@ class TinyNet(nn.Module):
 def _floor(unlabelled_views: int = 2) -> FloorStep:
     torch.manual_seed(0)
     train = TrainConfig(batch_size=4, uratio=2, ema=0.9, lr=0.1)
-    return FloorStep(TinyNet(), (3, 2, 2), 3, train, 1, unlabelled_views, torch.device("cpu"))
+    inputs = image_inputs((3, 2, 2), 4 + 8 * unlabelled_views, torch.device("cpu"), False)
+    return FloorStep(TinyNet(), inputs, 3, train, 1, unlabelled_views, torch.device("cpu"))
 
 
 def test_floor_forwards_every_view_and_updates_weights_and_ema() -> None:
@@ -55,7 +56,8 @@ def test_floor_loss_is_labelled_ce_plus_masked_pseudo_label_ce() -> None:
     assert 0 < mask.sum() < 8
     expected = F.cross_entropy(logits[:4], floor.y) + (F.cross_entropy(logits[12:], pseudo, reduction="none") * mask).mean()
     torch.testing.assert_close(floor.loss(logits), expected)
-    supervised = FloorStep(TinyNet(), (3, 2, 2), 3, TrainConfig(batch_size=4, uratio=2), 1, 0, torch.device("cpu"))
+    supervised = FloorStep(TinyNet(), image_inputs((3, 2, 2), 4, torch.device("cpu"), False), 3,
+                           TrainConfig(batch_size=4, uratio=2), 1, 0, torch.device("cpu"))
     assert supervised.x.shape[0] == 4
     torch.testing.assert_close(supervised.loss(logits[:4]), F.cross_entropy(logits[:4], supervised.y))
 

@@ -5,7 +5,9 @@
 
 Per algorithm: median seconds per step, images per second ((1 + mu) * B distinct images a step),
 the share of the step spent making the views (augmentation), peak memory, and each algorithm's
-time relative to the first one. Steps of the algorithms alternate, so machine noise hits all alike.
+time relative to the first one. Steps of the algorithms alternate, so machine noise hits all alike,
+and each round starts one step further on, so every step (floors included) comes first in its round
+equally often (on the loaded CPU the first step of a round ran up to ~14% slower, issue 21).
 
 `--floor` adds the compute floor (`ssl_kd.floor`): a plain PyTorch step of the same network on
 random tensors of each algorithm's view shapes, alternating with the real steps; every row gains
@@ -25,13 +27,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ssl_kd.cli import parser as train_parser
 from ssl_kd.cli import prepare
 from ssl_kd.errors import SSLKDError
-from ssl_kd.floor import FloorStep
+from ssl_kd.floor import FloorStep, make_floor
 from ssl_kd.pil_pipeline import pipeline_images_per_s
 from ssl_kd.timing import OccasionalWork, amortised
 from ssl_kd.plugins import load_plugins
@@ -54,23 +57,37 @@ def build(algo: str, args: argparse.Namespace, out: Path) -> Trainer:
 
 
 def time_step(trainer: Trainer, occasional: OccasionalWork) -> tuple[float, float, float]:
-    """Seconds for one whole training step, for making its views alone, and for occasional work in it."""
-    sync(trainer.device)
-    t0 = time.perf_counter()
-    trainer.next_batch()
-    sync(trainer.device)
-    t1 = time.perf_counter()
-    occasional.take()
-    trainer.train_one_step()
-    trainer.step += 1
-    sync(trainer.device)
-    return time.perf_counter() - t1, t1 - t0, occasional.take()
+    """Seconds for one whole training step, for making its views (inside the step), and for occasional work in it.
+    The step draws its one batch as a run does, so the trainers and the text floor see batches in step."""
+    make_batch, view_s, own = trainer.next_batch, [0.0], "next_batch" in vars(trainer)
+
+    def timed_batch() -> Any:
+        start = time.perf_counter()
+        batch = make_batch()
+        sync(trainer.device)
+        view_s[0] += time.perf_counter() - start
+        return batch
+
+    trainer.next_batch = timed_batch  # type: ignore[method-assign]
+    try:
+        sync(trainer.device)
+        start = time.perf_counter()
+        occasional.take()
+        trainer.train_one_step()
+        trainer.step += 1
+        sync(trainer.device)
+        return time.perf_counter() - start, view_s[0], occasional.take()
+    finally:
+        if own:
+            trainer.next_batch = make_batch  # type: ignore[method-assign]
+        else:
+            del trainer.next_batch  # the class's method again
 
 
-def make_floor(trainer: Trainer) -> FloorStep:
+def floor_of_trainer(trainer: Trainer) -> FloorStep:
     t, algo = trainer.cfg.train, trainer.algorithm
-    return FloorStep(build_network(t.net, trainer.data), tuple(trainer.data.train_x.shape[1:]), trainer.data.num_classes,
-                     t, len(algo.labelled_views), len(algo.unlabelled_views) if algo.needs_unlabelled else 0, trainer.device)
+    return make_floor(build_network(t.net, trainer.data), trainer.data, t, len(algo.labelled_views),
+                      len(algo.unlabelled_views) if algo.needs_unlabelled else 0, trainer.device, seed=t.seed)
 
 
 def time_floor(floor: FloorStep, device: torch.device) -> float:
@@ -142,22 +159,26 @@ def main() -> int:
                     key = (len(tr.algorithm.labelled_views), len(tr.algorithm.unlabelled_views) * tr.algorithm.needs_unlabelled)
                     floor_of[a] = key
                     if key not in floors:
-                        floors[key] = make_floor(tr)
+                        floors[key] = floor_of_trainer(tr)
             steps: dict[str, list[float]] = {a: [] for a in algos}
             views: dict[str, list[float]] = {a: [] for a in algos}
             extra: dict[str, list[float]] = {a: [] for a in algos}
             floor_s: dict[tuple[int, int], list[float]] = {k: [] for k in floors}
+            jobs = [*((False, a) for a in trainers), *((True, k) for k in floors)]
             for repeat in range(args.warmup + args.steps):
-                for a, trainer in trainers.items():
-                    step_s, view_s, extra_s = time_step(trainer, occasional[a])
+                # each round starts one job further on: every step comes first in its round equally often
+                start = repeat % len(jobs)
+                for is_floor, name in jobs[start:] + jobs[:start]:
+                    if is_floor:
+                        seconds = time_floor(floors[name], device)
+                        if repeat >= args.warmup:
+                            floor_s[name].append(seconds)
+                        continue
+                    step_s, view_s, extra_s = time_step(trainers[name], occasional[name])
                     if repeat >= args.warmup:
-                        steps[a].append(step_s)
-                        views[a].append(view_s)
-                        extra[a].append(extra_s)
-                for key, floor in floors.items():
-                    seconds = time_floor(floor, device)
-                    if repeat >= args.warmup:
-                        floor_s[key].append(seconds)
+                        steps[name].append(step_s)
+                        views[name].append(view_s)
+                        extra[name].append(extra_s)
         load_after = os.getloadavg()
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,11 +6,16 @@
 #   2. the PIL DataLoader pipeline's images/s on this machine's cores (tools/bench.py --pil-pipeline);
 #   3. a cifar10_4k FixMatch run of as many steps as fit in $GPU_CHECK_TRAIN_S (150) seconds of training at
 #      the faster eager speed (no second compilation), evaluated at the end;
+#   4. text rows (issue 21): supervised and FixMatch students on sst2_1k, batch 32, mu 7, against their text
+#      floor, eager bf16 and compiled bf16 (dynamic shapes), for each of $GPU_CHECK_TEXT_NETS (default: the
+#      2-layer and the 6-layer MiniLM); 10 timed steps after 3 warm-up steps (the first compiles);
+#      GPU_CHECK_TEXT=0 skips them (estimated 2-3 of the 8 minutes, mostly compiling; not yet run on a GPU);
 # then one table (stdout) and one JSON ($OUT/gpu_check.json).
 #
 #   bash tools/gpu_check.sh                    # on the GPU machine, from the repository root
 #   GPU_CHECK_TINY=1 bash tools/gpu_check.sh   # a CPU test: digits_30, tiny batches, two eager configs (bf16 is a
-#                                              # no-op on the CPU), no compile
+#                                              # no-op on the CPU), no compile; text rows on sst2_8 with the
+#                                              # networks of $GPU_CHECK_TEXT_NETS, eager fp32 (GPU_CHECK_TEXT=0: none)
 #   bash tools/gpu_check.sh --data-only        # only make sure the CIFAR-10 batches exist
 #
 # Data: $GPU_CHECK_DATA (default ../shared/data). When cifar10/cifar-10-batches-py/ is absent there, it
@@ -21,6 +26,8 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 DATA=${GPU_CHECK_DATA:-../shared/data}
 OUT=${GPU_CHECK_OUT:-runs/gpu_check}
 TINY=${GPU_CHECK_TINY:-0}
+TEXT=${GPU_CHECK_TEXT:-1}
+TEXT_NETS=${GPU_CHECK_TEXT_NETS:-hf:minilm-l6:layers=2 hf:minilm-l6}
 mkdir -p "$OUT"
 
 ensure_cifar10() {
@@ -40,10 +47,16 @@ if [ "${1:-}" = "--data-only" ]; then ensure_cifar10; exit 0; fi
 if [ "$TINY" = 1 ]; then
     DATASET=digits_30; DEVICE=cpu; B=4; MU=2; STEPS=2; WARMUP=1; TRAIN_S=2; CONFIGS="eager_fp32 eager_bf16"
     NET_FLAGS=(); PIL_STEPS=2; WORKERS=1
+    TEXT_DATASET=sst2_8; TEXT_CONFIGS="eager_fp32"; TEXT_B=4; TEXT_MU=2; TEXT_STEPS=2; TEXT_WARMUP=1
 else
     ensure_cifar10
     DATASET=cifar10_4k; DEVICE=cuda; B=64; MU=7; STEPS=20; WARMUP=3; TRAIN_S=${GPU_CHECK_TRAIN_S:-150}
     CONFIGS="eager_fp32 eager_bf16 compiled_bf16"; NET_FLAGS=(--net wrn28_2); PIL_STEPS=10; WORKERS=0
+    TEXT_DATASET=sst2_1k; TEXT_CONFIGS="eager_bf16 compiled_bf16"; TEXT_B=32; TEXT_MU=7; TEXT_STEPS=10; TEXT_WARMUP=3
+fi
+if [ "$TEXT" = 1 ] && [ ! -f "$DATA/glue/SST-2/train.tsv" ]; then
+    echo "gpu_check: no $DATA/glue/SST-2/train.tsv for the text rows; set GPU_CHECK_DATA, or GPU_CHECK_TEXT=0 to skip them" >&2
+    exit 2
 fi
 COMMON=(--dataset "$DATASET" --data-dir "$DATA" --batch-size "$B" --uratio "$MU" --device "$DEVICE" "${NET_FLAGS[@]}")
 
@@ -70,4 +83,20 @@ train_flags=(--set "train.amp=$([ "${BEST#*_}" = bf16 ] && echo true || echo fal
 rm -rf "$OUT/train"
 "$PY" tools/train.py --algo fixmatch "${COMMON[@]}" --steps "$TRAIN_STEPS" --eval-every "$TRAIN_STEPS" \
     --out "$OUT/train" --no-progress "${train_flags[@]}"
-"$PY" tools/gpu_check_report.py "$OUT" $CONFIGS --train-config "$BEST"
+# text rows: bench_text<i>_<config>.json for the i-th network of TEXT_NETS
+TEXT_RUNS=()
+if [ "$TEXT" = 1 ]; then
+    i=0
+    for net in $TEXT_NETS; do
+        i=$((i + 1))
+        for config in $TEXT_CONFIGS; do
+            flags=(--set "train.amp=$([ "${config#*_}" = bf16 ] && echo true || echo false)")
+            [ "${config%%_*}" = compiled ] && flags+=(--compile)
+            "$PY" tools/bench.py --floor --algos supervised,fixmatch --dataset "$TEXT_DATASET" --data-dir "$DATA" --net "$net" \
+                --batch-size "$TEXT_B" --uratio "$TEXT_MU" --device "$DEVICE" --steps "$TEXT_STEPS" --warmup "$TEXT_WARMUP" \
+                "${flags[@]}" --json "$OUT/bench_text${i}_$config.json"
+            TEXT_RUNS+=("text${i}_$config=$net")
+        done
+    done
+fi
+"$PY" tools/gpu_check_report.py "$OUT" $CONFIGS --train-config "$BEST" ${TEXT_RUNS[@]+--text "${TEXT_RUNS[@]}"}

@@ -79,8 +79,12 @@ class HFClassifier(Classifier):
         hf_logging.set_verbosity_error()  # "newly initialised head" warnings: expected when fine-tuning
         hf_logging.disable_progress_bar()
         try:
-            self.hf = AutoModelForSequenceClassification.from_pretrained(
-                spec.source, config=config, local_files_only=spec.is_local)
+            try:  # PyTorch's fused scaled-dot-product attention, where the architecture has it
+                self.hf = AutoModelForSequenceClassification.from_pretrained(
+                    spec.source, config=config, local_files_only=spec.is_local, attn_implementation="sdpa")
+            except ValueError:  # an architecture without SDPA keeps its own attention
+                self.hf = AutoModelForSequenceClassification.from_pretrained(
+                    spec.source, config=config, local_files_only=spec.is_local)
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()

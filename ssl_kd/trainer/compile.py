@@ -40,3 +40,8 @@ class CompiledWithFallback(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["eager"], name)
+
+
+def compile_network(module: nn.Module, modality: str) -> CompiledWithFallback:
+    """`module` under torch.compile, with dynamic shapes for text (sentence lengths vary by batch)."""
+    return CompiledWithFallback(module, dynamic=True if modality == "text" else None)

@@ -32,8 +32,9 @@ from ssl_kd.run import algorithm_class, build_network
 from ssl_kd.text.hub import is_hf_name
 from ssl_kd.text.metrics import run_metric
 from ssl_kd.trainer import distributed
+from ssl_kd.trainer.amp import autocast_for
 from ssl_kd.trainer.checkpoint import RESUME_KEYS, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
-from ssl_kd.trainer.compile import CompiledWithFallback
+from ssl_kd.trainer.compile import compile_network
 from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import predict, task_metrics
 from ssl_kd.trainer.guard import FiniteGuard
@@ -82,7 +83,7 @@ class Trainer:
         self.ema_model = make_ema(self.model) if t.ema > 0 else None
         self.forward_model = distributed.wrap(self.model, self.dist, device)
         if t.compile:
-            self.forward_model = CompiledWithFallback(self.forward_model)
+            self.forward_model = compile_network(self.forward_model, self.data.modality)
         self.cfg = cfg = dataclasses.replace(cfg, train=record_optimizer(self.model, t))  # what runs, for config.yaml
         t = cfg.train
         self.optimizer, self.scheduler = build_optimizer(self.model, t)
@@ -128,9 +129,7 @@ class Trainer:
 
     # ----- pieces of one step -------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" and self.cfg.train.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_for(self.device, self.cfg.train)
 
     def views(self, x: torch.Tensor, idx: torch.Tensor, names: tuple[str, ...], split: str) -> dict[str, torch.Tensor]:
         """Views of this rank's part of the global batch, each example's from its own keyed stream
