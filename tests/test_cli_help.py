@@ -38,7 +38,7 @@ def test_lr_help_says_what_it_does_for_each_kind_of_network():
 def test_list_does_not_end_a_description_at_an_abbreviation():
     """'Tian et al. 2020' and 'i.e. FixMatch' do not end the first sentence; a real full stop does."""
     text = list_registered()
-    assert re.search(r"^\s+flexmatch\s+FlexMatch .*, i\.e\. FixMatch", text, re.M)
+    assert re.search(r"^\s+flexmatch\s+\[w\]\s+FlexMatch .*, i\.e\. FixMatch", text, re.M)
     assert re.search(r"^\s+resnet20\s+ResNet-20, 3 basic blocks per stage", text, re.M)  # each zoo network its own line
 
     def zoo() -> None:
