@@ -78,8 +78,9 @@ def setting_of(config: dict[str, Any]) -> str:
     the options that only say where the data lives and the split seed (part of the pairing key)."""
     train, defaults = config["train"], dataclasses.asdict(DataConfig())
     data = {**defaults, **config.get("data", {})}
+    same = lambda a, b: (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)  # noqa: E731 (YAML writes tuples as lists)
     options = [f"data.{k}={v}" for k, v in sorted(data.items())
-               if v != defaults.get(k) and k not in LOCATION_ONLY and k != "split_seed"]
+               if not same(v, defaults.get(k)) and k not in LOCATION_ONLY and k != "split_seed"]
     return ", ".join([train["dataset"], f"{train['steps']} steps", *options])
 
 

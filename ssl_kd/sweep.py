@@ -28,6 +28,9 @@ from ssl_kd.errors import ConfigError, SSLKDError
 
 TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
 IGNORED = ("train.out", "train.progress")  # differ without changing what a run computes
+# what `train.optimizer=auto` resolves to when the run starts (ssl_kd.trainer.optim.record_optimizer):
+# a run's config.yaml records the resolved values, its planned config still says auto
+RESOLVED_AT_START = ("train.optimizer", "train.lr_schedule", "train.warmup_steps")
 
 
 @dataclass
@@ -103,7 +106,8 @@ def differences(run_dir: Path, planned: dict) -> list[str]:
         return [f"its config.yaml cannot be read ({err})"]
     was, now = flat(saved), flat(planned)
     return [f"{k}: {was.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in sorted(set(was) | set(now))
-            if k not in IGNORED and was.get(k) != now.get(k)]
+            if k not in IGNORED and was.get(k) != now.get(k)
+            and not (k in RESOLVED_AT_START and now.get("train.optimizer") == "auto")]
 
 
 def finished(run_dir: Path) -> bool:
