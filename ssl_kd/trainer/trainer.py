@@ -219,7 +219,9 @@ class Trainer:
         monitoring only."""
         if not self.applied:
             return {}
-        w, correct, ood = (torch.cat(parts) for parts in zip(*self.applied))
+        # torchrun: every rank's batches (each rank kept its part; the AUCs do not depend on the order)
+        w, correct, ood = (distributed.gather_cat(torch.cat(parts).float()) for parts in zip(*self.applied))
+        ood = ood.bool()
         self.applied = []
         out = {"weight/applied_correct_auc": roc_auc(w, correct.bool())}
         if self.data.ood_idx is not None and ood.any() and not ood.all():
