@@ -113,7 +113,7 @@ def test_fused_adamw_matches_the_per_parameter_update(text_trainer) -> None:
 @pytest.mark.parametrize("algo", ["fixmatch", "kdaif"])
 def test_text_training_steps_run_under_cpu_bf16_autocast(text_env, tmp_path, algo) -> None:  # noqa: F811
     trainer = make_text_trainer(text_env, tmp_path, algo, 4, "sst2_8", "--set", "train.cpu_amp=true",
-                                *(("--set", "algo.weight_warmup=0") if algo == "kdaif" else ()))
+                                *(("--set", "weights.warmup=0") if algo == "kdaif" else ()))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     for _ in range(2):
         _, out = trainer.train_one_step()
