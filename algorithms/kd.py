@@ -45,7 +45,7 @@ from ssl_kd.teacher import (TEACHER_UPDATES, TeacherOptimiser, load_teacher, mpl
                             pseudo_label_grads, set_trainable, student_lr)
 from ssl_kd.trainer.distributed import global_mean
 from ssl_kd.trainer.ema import update_ema
-from ssl_kd.weighting.spec import WeightSpec, hard_targets, labelling_logits
+from ssl_kd.weighting.spec import WeightSpec, hard_targets
 
 MODES = ("auto", "ssl", "kd")
 SELF_TRAINED = ("weighted_ce", "mpl", "feedback")  # teacher updates that train the teacher with its own optimiser
@@ -170,10 +170,7 @@ class KD(Algorithm):
         """SSL mode: the teacher's pseudo-labels (hard, or its distribution at tau) on unlabelled
         data; KD mode: the teacher's distribution at tau and the label of each labelled example,
         under the alpha-mix of distillation and cross-entropy."""
-        t = self.ctx.train_cfg
-        chunk = t.batch_size * max(1, t.uratio)
-        batch_stats = not (self.cfg.teacher_ckpt and self.update == "frozen")
-        labeller = lambda idx: labelling_logits(self.teacher, batch_stats, idx, self.ctx.data, chunk, self.ctx.autocast)  # noqa: E731
+        labeller = self.labeller(self.teacher, batch_stats=not (self.cfg.teacher_ckpt and self.update == "frozen"))
         if self.mode == "kd":
             return WeightSpec(student=self.student, pool="labelled", labeller=labeller, targets=self.packed_targets,
                               tau=self.cfg.tau, make_weighter=self.kd_mode_weighter)

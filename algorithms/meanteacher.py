@@ -33,7 +33,7 @@ from ssl_kd.distill import LossWeighter, at_least_float32
 from ssl_kd.ramps import sigmoid_rampup
 from ssl_kd.registry import register_algorithm
 from ssl_kd.trainer.ema import update_ema
-from ssl_kd.weighting.spec import WeightSpec, labelling_logits
+from ssl_kd.weighting.spec import WeightSpec
 
 
 def squared_error(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -91,10 +91,7 @@ class MeanTeacher(Algorithm):
 
     def weight_spec(self) -> WeightSpec:
         """The teacher's softmax (train mode, as it labels) is the target of a squared-error term."""
-        t = self.ctx.train_cfg
-        labeller = lambda idx: labelling_logits(self.teacher, True, idx, self.ctx.data, t.batch_size * max(1, t.uratio),  # noqa: E731
-                                                self.ctx.autocast)
-        return WeightSpec(student=self.student, pool="unlabelled", labeller=labeller,
+        return WeightSpec(student=self.student, pool="unlabelled", labeller=self.labeller(self.teacher),
                           targets=lambda logits, idx: torch.softmax(logits.float(), dim=-1),
                           make_weighter=lambda cfg: LossWeighter(cfg, squared_error))
 

@@ -43,7 +43,7 @@ from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import linear_rampup
 from ssl_kd.registry import register_algorithm
 from ssl_kd.teacher import TeacherOptimiser, mpl_teacher_update, plain_module, pseudo_label_grads, student_lr
-from ssl_kd.weighting.spec import WeightSpec, labelling_logits
+from ssl_kd.weighting.spec import WeightSpec
 
 
 @dataclass
@@ -112,9 +112,7 @@ class MPL(Algorithm):
 
     def weight_spec(self) -> WeightSpec:
         """The teacher's hard pseudo-labels (train mode, as it labels)."""
-        t = self.ctx.train_cfg
-        return dataclasses.replace(super().weight_spec(), labeller=lambda idx: labelling_logits(
-            self.teacher, True, idx, self.ctx.data, t.batch_size * max(1, t.uratio), self.ctx.autocast))
+        return dataclasses.replace(super().weight_spec(), labeller=self.labeller(self.teacher))
 
     def after_step(self) -> None:
         if self._teacher_step is not None:

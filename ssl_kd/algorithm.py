@@ -110,10 +110,14 @@ class Algorithm:
         from ssl_kd.teacher import plain_module  # the teacher side imports the trainer, which imports this module
 
         student = plain_module(self.model)
+        return WeightSpec(student=student, pool="unlabelled", targets=hard_targets, labeller=self.labeller(student))
+
+    def labeller(self, net: nn.Module, batch_stats: bool = True) -> Any:
+        """idx -> `net`'s logits on the clean images at `idx` (WeightSpec.labeller), a step's
+        unlabelled batch at a time."""
         t = self.ctx.train_cfg
         chunk = t.batch_size * max(1, t.uratio)
-        return WeightSpec(student=student, pool="unlabelled", targets=hard_targets,
-                          labeller=lambda idx: labelling_logits(student, True, idx, self.ctx.data, chunk, self.ctx.autocast))
+        return lambda idx: labelling_logits(net, batch_stats, idx, self.ctx.data, chunk, self.ctx.autocast)
 
     def weigh(self, mask: torch.Tensor, features: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
               idx: torch.Tensor | None, confidence: torch.Tensor | None = None) -> torch.Tensor:
