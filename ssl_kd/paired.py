@@ -84,6 +84,12 @@ def setting_of(config: dict[str, Any]) -> str:
     return ", ".join([train["dataset"], f"{train['steps']} steps", *options])
 
 
+def label_of(folder: Path, config: dict[str, Any]) -> str:
+    """The run's row label: the sweep's `<label>_s<seed>` folder name, else its algorithm."""
+    match = SWEEP_FOLDER.fullmatch(folder.name)
+    return match["label"] if match and int(match["seed"]) == int(config["train"]["seed"]) else config["train"]["algo"]
+
+
 def read_runs(paths: list[Path], metric: str) -> tuple[list[Run], list[Path]]:
     """(finished runs, unfinished folders without a summary.json)."""
     runs, unfinished, seen = [], [], {}
@@ -92,9 +98,7 @@ def read_runs(paths: list[Path], metric: str) -> tuple[list[Run], list[Path]]:
             unfinished.append(folder)
             continue
         config = yaml.safe_load((folder / "config.yaml").read_text())
-        seed = int(config["train"]["seed"])
-        match = SWEEP_FOLDER.fullmatch(folder.name)
-        label = match["label"] if match and int(match["seed"]) == seed else config["train"]["algo"]
+        seed, label = int(config["train"]["seed"]), label_of(folder, config)
         figures = read_run(folder)
         if metric not in figures:
             raise ConfigError(f"{folder}: no metric {metric!r}; choose one of {', '.join(sorted(figures))}.")
