@@ -2,6 +2,8 @@
 against it), and its six-class form (`stsb6`), on a tiny STS-B in the release layout and a tiny BERT."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -14,6 +16,7 @@ from ssl_kd.cli import main as train_main
 from ssl_kd.errors import ConfigError
 from ssl_kd.export import eval_logits
 from ssl_kd.run import load_run
+from tests.test_plugins import load_tool
 from tests.text_fixtures import make_text_trainer, text_args, text_env  # noqa: F401 (fixture)
 
 pytest.importorskip("transformers")
@@ -91,6 +94,38 @@ def test_the_six_class_form_bins_half_up_and_correlates_its_expected_class_with_
     assert "top1" in row
     assert train_main(text_args(text_env, tmp_path / "run", "supervised", 2, "stsb6")) == 0
     assert "last_pearson_spearman" in json.loads((tmp_path / "run" / "summary.json").read_text())
+    capsys.readouterr()
+    assert load_tool("eval").main(["--ckpt", str(tmp_path / "run"), "--device", "cpu"]) == 0  # against the gold too
+    last = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert json.loads(capsys.readouterr().out)["model"]["pearson"] == pytest.approx(last["pearson"], abs=1e-3)
+
+
+def test_eval_tool_scores_a_regression_run_against_the_float_gold(stsb_run, capsys):
+    assert load_tool("eval").main(["--ckpt", str(stsb_run), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    last = [json.loads(line) for line in (stsb_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert result["model"]["pearson"] == pytest.approx(last["pearson"], abs=1e-3) and "top1" not in result["model"]
+
+
+def test_a_regression_run_exports_a_one_label_regression_model_and_predicts_scores(stsb_run, tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert load_tool("export").main([str(stsb_run), "--out", str(tmp_path / "hf")]) == 0
+    capsys.readouterr()  # the export's own report
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.num_labels == 1 and hf.config.id2label == {0: "score"} and hf.config.problem_type == "regression"
+    pairs = [("the film was good", "a nice story"), ("awful plot", "the acting was great")]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    encoded = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        exported = hf(**encoded).logits
+    run = load_run(stsb_run, "cpu")
+    assert torch.allclose(exported, eval_logits(run.model, encoded["input_ids"], run.data.policy), atol=1e-5)
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{a}\t{b}\n" for a, b in pairs)))
+    assert load_tool("predict").main([str(stsb_run)]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["input", "score"] and len(rows) == 3
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx(exported[:, 0].tolist(), abs=1e-5)
 
 
 def test_mean_teacher_regresses_with_an_mse_consistency_on_the_outputs(text_env, tmp_path):
