@@ -145,3 +145,10 @@ def test_mean_teacher_regresses_with_an_mse_consistency_on_the_outputs(text_env,
     sup = float(((labelled[:, 0] - batch.y_l) ** 2).mean())
     assert float(out.logs["loss/sup"]) == pytest.approx(sup, rel=1e-5)
     assert "pearson_spearman" in trainer.evaluate()
+
+
+def test_explain_refuses_a_regression_run_in_one_line(stsb_run, capsys):
+    assert load_tool("explain").main(["--ckpt", str(stsb_run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("error: explain measures influence on the cross-entropy of class labels and stsb is a regression "
+                       "task; explain a classification run instead, e.g. of its classification form stsb6")

@@ -131,16 +131,16 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
     )
 
 
-def class_form_hint(name: str) -> str:
-    """", or its classification form <name>" for a regression dataset that has one (stsb_60 ->
-    stsb6_60), for errors that refuse a regression task."""
+def class_form_hint(name: str, lead: str = ", or its classification form ") -> str:
+    """`lead` + the classification form of a regression dataset that has one (stsb_60 -> stsb6_60),
+    else "", for errors that refuse a regression task."""
     try:
         family, labels = resolve_family(name)
     except ConfigError:
         return ""
     if not family.class_form:
         return ""
-    return f", or its classification form {family.class_form}{f'_{labels}' if labels else ''}"
+    return f"{lead}{family.class_form}{f'_{labels}' if labels else ''}"
 
 
 def check_data_config(cfg: DataConfig) -> None:
