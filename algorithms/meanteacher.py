@@ -14,6 +14,11 @@ Defaults from the paper's code: consistency weight 100 (MSE averaged over classe
 ramp-up exp(-5(1-t)^2) over the first 40k of 150k steps (27% of training). The teacher runs in
 train mode (batch statistics), as in the authors' code; its BatchNorm buffers follow the student's.
 
+On a regression task (STS-B) the supervised term is MSE on the gold scores and the consistency
+cost the squared difference of the student's and the teacher's one output (no softmax); weights
+are refused there. lambda_u's default was set for softmax errors averaged over classes, which are
+far smaller than a 0..5 score's: choose it on validation for a regression run.
+
 Takes per-example weights (`weights.kind`): each unlabelled example's squared error (averaged over
 classes) is multiplied by its weight; influence scores that term's gradient by autograd
 (`LossWeighter`), with the teacher's softmax as the target.
@@ -55,6 +60,7 @@ class MeanTeacher(Algorithm):
     labelled_views = ("weak",)
     unlabelled_views = ("weak", "weak_2")
     takes_weights = True
+    tasks = ("classification", "regression")
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
@@ -81,6 +87,8 @@ class MeanTeacher(Algorithm):
         self.teacher.train()
         with torch.no_grad():
             teacher_logits, _ = self.teacher(teacher_input)
+        if self.ctx.data.is_regression:  # the outputs are scores: their squared difference (no weights: refused)
+            return F.mse_loss(student_logits.float(), teacher_logits.float())
         teacher_probs = torch.softmax(teacher_logits.float(), dim=-1)
         if not self.weights.active:
             return F.mse_loss(torch.softmax(student_logits.float(), dim=-1), teacher_probs)
@@ -97,7 +105,7 @@ class MeanTeacher(Algorithm):
 
     def train_step(self, batch: Batch) -> StepOutput:
         (lx, _), (lu, fu) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"])
-        sup = F.cross_entropy(lx.float(), batch.y_l)
+        sup = self.supervised_loss(lx, batch.y_l)
         unsup = self.consistency_loss(lu, batch.x_u["weak_2"], fu, batch.idx_u)
         weight = self.consistency_weight()
         return StepOutput(

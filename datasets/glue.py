@@ -8,10 +8,13 @@ byte-order mark (MRPC's files start with one), tab-separated, no quoting (quotes
 text), a header line except for CoLA. Rows with too few fields (QQP's train.tsv has some) are
 skipped and counted, as the usual GLUE loaders do.
 
-STS-B is a regression task; here it is six classes, the similarity score rounded half up to 0..5
-(2.5 -> 3), and its Pearson/Spearman correlations compare the expected class value with the
-float gold scores (`RawData.test_gold`), as GLUE scores a regression head. A one-output MSE head
-is not offered: every algorithm here trains on class probabilities (pseudo-labels, KD).
+STS-B is a regression task, and `stsb` is it as released: a one-output head trained with MSE on
+the float gold scores (0..5), scored by Pearson and Spearman correlation against them (GLUE's
+metric). `stsb6` is the older six-class form, the score rounded half up to 0..5 (2.5 -> 3, not
+Python's half-to-even), for the algorithms that train on class probabilities (pseudo-labels,
+distillation); its correlations compare the expected class value with the same float gold. Both
+forms bin the scores that way to stratify their splits (`stsb_60`: 10 examples per bin), and both
+keep the gold as `RawData.train_gold`/`test_gold`.
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ class GlueTask:
     dev: str = "dev.tsv"
     header: bool = True
     class_names: tuple[str, ...] = ()
+    task: str = "classification"  # or "regression": one output trained on the float gold (ssl_kd.data.types)
+    class_form: str = ""  # a regression task's classification twin (stsb -> stsb6)
 
     def layout(self) -> str:
         columns = ", ".join(str(c) for c in (*self.text_columns, self.label_column))
@@ -69,7 +74,9 @@ TASKS: dict[str, GlueTask] = {
     "sst2": GlueTask("SST-2", ("sentence",), "label", ("0", "1"), "accuracy", class_names=("negative", "positive")),
     "mrpc": GlueTask("MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1", class_names=("not_equivalent", "equivalent")),
     "qqp": GlueTask("QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), "f1", class_names=("not_duplicate", "duplicate")),
-    "stsb": GlueTask("STS-B", ("sentence1", "sentence2"), "score", tuple(str(i) for i in range(6)), "pearson_spearman"),
+    "stsb": GlueTask("STS-B", ("sentence1", "sentence2"), "score", tuple(str(i) for i in range(6)), "pearson_spearman",
+                     task="regression", class_form="stsb6"),
+    "stsb6": GlueTask("STS-B", ("sentence1", "sentence2"), "score", tuple(str(i) for i in range(6)), "pearson_spearman"),
     "mnli": GlueTask("MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
                      "accuracy", dev="dev_matched.tsv"),
     "mnli-mm": GlueTask("MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"),
@@ -81,13 +88,14 @@ TASKS: dict[str, GlueTask] = {
 }
 
 
-def is_regression(task: GlueTask) -> bool:
+def has_scores(task: GlueTask) -> bool:
+    """Labels are float scores (STS-B in either form), binned into classes and kept as gold."""
     return task.metric == "pearson_spearman"
 
 
 def label_index(task: GlueTask, value: str) -> int:
     """The class of a label string; STS-B scores (0.0..5.0) round half up (not Python's half-to-even)."""
-    if is_regression(task):
+    if has_scores(task):
         return min(5, max(0, math.floor(float(value) + 0.5)))
     return task.labels.index(value)
 
@@ -121,7 +129,7 @@ def read_tsv(path: Path, task: GlueTask) -> tuple[list[tuple[str, ...]], list[in
         *text, label = (row[c] for c in columns)
         try:
             labels.append(label_index(task, label))
-            if is_regression(task):
+            if has_scores(task):
                 gold.append(float(label))
         except ValueError:
             raise DataError(f"GLUE file {path}, line {line}: label {label!r} is not one of {', '.join(task.labels)} "
@@ -145,12 +153,13 @@ def glue_loader(task: GlueTask):
         empty = torch.empty(0, 1, dtype=torch.long)
         names = list(task.class_names or task.labels)
         gold = {"train_gold": torch.tensor(train_gold, dtype=torch.float64),
-                "test_gold": torch.tensor(test_gold, dtype=torch.float64)} if is_regression(task) else {}
+                "test_gold": torch.tensor(test_gold, dtype=torch.float64)} if has_scores(task) else {}
         return RawData(empty, torch.tensor(train_y), empty, torch.tensor(test_y), names, train_text, test_text, **gold)
 
     return load
 
 
+FORMS = {"stsb": "regression: one output, MSE on the float gold; ", "stsb6": "six classes, the score rounded half up; "}
 for _name, _task in TASKS.items():
     register_dataset(
         DatasetFamily(
@@ -161,6 +170,9 @@ for _name, _task in TASKS.items():
             protocol=GLUE_PROTOCOL,
             presets=(1000,) if _name == "sst2" else (),
             description=f"GLUE {_task.folder} ({'pair' if len(_task.text_columns) > 1 else 'single sentence'}, "
-                        f"{_task.metric}; evaluated on {_task.dev}), from <data-dir>/glue/{_task.folder}/",
+                        f"{FORMS[_name] if _name in FORMS else ''}{_task.metric}; evaluated on {_task.dev}), "
+                        f"from <data-dir>/glue/{_task.folder}/",
+            task=_task.task,
+            class_form=_task.class_form,
         )
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.data.types import SSLData
@@ -80,6 +81,9 @@ class Algorithm:
     labelled_views: ClassVar[tuple[str, ...]] = ("weak",)
     unlabelled_views: ClassVar[tuple[str, ...]] = ()
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # data it can train on (e.g. image mixing: image only)
+    # task kinds it can train (ssl_kd.data.types.TASK_KINDS); pseudo-labels, thresholds and
+    # distillation are defined on class probabilities, so regression is opt-in
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     name: ClassVar[str] = ""
     takes_weights: ClassVar[bool] = False  # its loss has per-example terms that pass through `self.weights`
     default_weights: ClassVar[str] = "none"  # the `weights.kind` it runs with unless told otherwise (kdaif: influence)
@@ -91,7 +95,9 @@ class Algorithm:
         self.ctx = ctx
         self.step = 0  # set by the trainer before each train_step
         self.weights: Any = NoWeights()  # the weighting module (ssl_kd.weighting); the trainer attaches the configured one
-        check_modality(type(self), ctx.data, getattr(ctx.train_cfg, "algo", "") or type(self).__name__)
+        name = getattr(ctx.train_cfg, "algo", "") or type(self).__name__
+        check_modality(type(self), ctx.data, name)
+        check_task(type(self), ctx.data, name)
 
     @property
     def needs_unlabelled(self) -> bool:
@@ -99,6 +105,13 @@ class Algorithm:
 
     def train_step(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
+
+    def supervised_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The labelled loss: cross-entropy on class labels, or MSE of the one output on the float
+        gold scores for a regression task (`Batch.y_l` holds those then)."""
+        if self.ctx.data.is_regression:
+            return F.mse_loss(logits.float()[:, 0], targets.float())
+        return F.cross_entropy(logits.float(), targets)
 
     def after_step(self) -> None:
         """Called by the trainer after the optimiser step (e.g. to update a teacher)."""
@@ -159,3 +172,15 @@ def check_modality(algo: type[Algorithm], data: SSLData, name: str) -> None:
             known = sorted(name for k, name in VIEWS if k == kind)
             raise ConfigError(f"algorithm {name!r} needs view {view!r}, which {kind} data "
                               f"({data.name}) lacks; {kind} views: {', '.join(known)}")
+
+
+def check_task(algo: type[Algorithm], data: SSLData, name: str) -> None:
+    """At the start of a run: the algorithm must train the data's task kind (classification or regression)."""
+    if data.task in algo.tasks:
+        return
+    from ssl_kd.data.build import class_form_hint
+    from ssl_kd.registry import ALGORITHMS
+
+    able = sorted(n for n in ALGORITHMS.names() if data.task in ALGORITHMS.get(n).tasks)
+    raise ConfigError(f"algorithm {name!r} is defined on class probabilities and cannot train {data.name}, a {data.task} task; "
+                      f"use {' or '.join(able) or 'another algorithm'}{class_form_hint(data.name)}")

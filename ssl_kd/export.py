@@ -3,7 +3,9 @@ for image runs (tools/export.py), and predictions on new inputs (tools/predict.p
 
 - `hf:` run: `save_pretrained` of the model and its tokenizer, with `id2label`/`label2id` from the
   class names, so `AutoModelForSequenceClassification.from_pretrained(DIR)` and
-  `pipeline("text-classification", model=DIR)` give the run's classes by name. A `:pool=mean`
+  `pipeline("text-classification", model=DIR)` give the run's classes by name. A regression run
+  (STS-B) exports `num_labels=1`, `problem_type="regression"` and its label named `score` (a
+  pipeline then needs `function_to_apply="none"`: it applies a sigmoid to one output). A `:pool=mean`
   run cannot be exported this way (transformers' heads read their own pooling) and says so.
 - image run: `model.pt2` (`torch.export.save`) taking uint8 images (N,C,H,W) of the training size
   and returning logits, with the [0,1] scaling and normalisation built in; `preprocess.json`
@@ -49,7 +51,8 @@ def export_hf(model: nn.Module, net: str, data: SSLData, max_length: int, out: P
         raise ConfigError(f"network {net!r} pools by mean, which a transformers classification head does not do; "
                           "export runs of hf: networks with the default pool=cls")
     hf = model.hf
-    names = list(data.class_names) or [str(i) for i in range(data.num_classes)]
+    # a regression head (problem_type "regression", set when built) has one output: the score
+    names = ["score"] if data.is_regression else list(data.class_names) or [str(i) for i in range(data.num_classes)]
     hf.config.id2label = dict(enumerate(names))
     hf.config.label2id = {name: i for i, name in enumerate(names)}
     hf.save_pretrained(out)
@@ -119,12 +122,12 @@ def image_inputs(run: Any, folder: Path) -> tuple[list[str], torch.Tensor]:
     return [str(p) for p in files], images
 
 
-def predict_probabilities(model: nn.Module, x: torch.Tensor, policy: Any, batch_size: int) -> torch.Tensor:
-    """Softmax probabilities over the classes, batch by batch, with a progress bar on stderr."""
+def predict_outputs(model: nn.Module, x: torch.Tensor, policy: Any, batch_size: int) -> torch.Tensor:
+    """The model's outputs (logits, or a regression head's scores), batch by batch, with a progress bar on stderr."""
     from tqdm import tqdm
 
     out = []
     with torch.no_grad():
         for start in tqdm(range(0, x.shape[0], batch_size), desc="predicting", unit="batch", disable=None, leave=False):
-            out.append(eval_logits(model, x[start:start + batch_size], policy).float().softmax(-1))
+            out.append(eval_logits(model, x[start:start + batch_size], policy).float())
     return torch.cat(out)

@@ -180,10 +180,10 @@ def network_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def build_network(name: str, data: SSLData) -> nn.Module:
-    """Instantiate a registered network for `data` (classes and input channels)."""
+    """Instantiate a registered network for `data` (its outputs: classes or one score; input channels)."""
     factory = network_factory(name)
     in_channels = data.train_x.shape[1] if data.train_x.ndim == 4 else 0
-    return factory(data.num_classes, in_channels) if in_channels else factory(data.num_classes)
+    return factory(data.num_outputs, in_channels) if in_channels else factory(data.num_outputs)
 
 
 def config_summary(cfg: Config) -> str:

@@ -212,7 +212,7 @@ def test_parse_dataset_name(name: str, expected: tuple[str, int | None]) -> None
 
 
 def test_unknown_family_suggests_closest() -> None:
-    with pytest.raises(ConfigError, match="Did you mean 'cifar10'.*Known datasets: cifar10, cifar100, cola, digits, hfdataset, imagefolder, mnli, .*, sst2, stsb, svhn, textfile, wnli"):
+    with pytest.raises(ConfigError, match="Did you mean 'cifar10'.*Known datasets: cifar10, cifar100, cola, digits, hfdataset, imagefolder, mnli, .*, sst2, stsb, stsb6, svhn, textfile, wnli"):
         parse_dataset_name("cifar1_4k")
     with pytest.raises(ConfigError, match="unknown dataset 'imagenet'.*imagefolder_<labels> with --set data.folder=PATH"):
         parse_dataset_name("imagenet")

@@ -50,6 +50,32 @@ def write_mrpc(root: Path, train: int = 32, dev: int = 16, seed: int = 0) -> Pat
     return root
 
 
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+STSB_OFFSETS = (-0.5, -0.2, 0.0, 0.3)  # k - 0.5 bins to k only when halves round up (2.5 -> 3, round() gives 2)
+
+
+def stsb_score(i: int) -> float:
+    """Every bin 0..5 in turn, off the integer by STSB_OFFSETS, clipped to the release's 0..5."""
+    return min(5.0, max(0.0, i % 6 + STSB_OFFSETS[(i // 6) % len(STSB_OFFSETS)]))
+
+
+def write_stsb(root: Path, train: int = 48, dev: int = 24, seed: int = 0) -> Path:
+    """<root>/glue/STS-B/{train,dev}.tsv in the release layout (ten columns, the float score last):
+    pairs of the same polarity score 3 and up, so the score is learnable."""
+    rng = random.Random(seed)
+    folder = root / "glue" / "STS-B"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", train), ("dev.tsv", dev)):
+        lines = [STSB_HEADER]
+        for i in range(n):
+            score, a = stsb_score(i), rng.randint(0, 1)
+            b = a if score >= 3 else 1 - a
+            lines.append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{sentence(rng, a)}\t"
+                         f"{sentence(rng, b)}\t{score:.3f}")
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
 def write_tiny_bert(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
     """A 2-layer, 32-wide BERT for sequence classification and its fast tokenizer, saved in HF format
     (`extra_words` give another vocabulary, hence another tokenizer)."""
@@ -70,12 +96,12 @@ def write_tiny_bert(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
 
 @pytest.fixture(scope="session")
 def text_env(tmp_path_factory) -> dict[str, str]:
-    """{"net": hf:<tiny BERT folder>, "data": <data dir with SST-2 and MRPC>} with the token cache in a temp folder."""
+    """{"net": hf:<tiny BERT folder>, "data": <data dir with SST-2, MRPC and STS-B>} with the token cache in a temp folder."""
     pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("text")
     mp = pytest.MonkeyPatch()
     mp.setenv("SSL_KD_CACHE", str(root / "cache"))
-    data = write_mrpc(write_sst2(root / "data"))
+    data = write_stsb(write_mrpc(write_sst2(root / "data")))
     yield {"net": f"hf:{write_tiny_bert(root / 'bert')}", "data": str(data)}
     mp.undo()
 

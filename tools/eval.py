@@ -2,7 +2,8 @@
 `python tools/eval.py --ckpt runs/<run>/checkpoints/last.pt`.
 
 Evaluates the raw model, its EMA and, for teacher-student runs (kd, kdaif, mpl), the teacher;
-per-class accuracy is keyed by class name. Plug-ins the run recorded are loaded automatically.
+per-class accuracy is keyed by class name; a text task's official metric is computed against its float
+gold scores where it has them (STS-B), and a regression run reports MSE and Pearson/Spearman. Plug-ins the run recorded are loaded automatically.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from ssl_kd.errors import SSLKDError
 from ssl_kd.run import LoadedRun, load_run
-from ssl_kd.trainer.evaluate import evaluate
+from ssl_kd.trainer.evaluate import evaluate_data
 from ssl_kd.trainer.logger import rounded
 
 
@@ -29,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def named(metrics: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """Per-class accuracy as {class name: accuracy} when the dataset names its classes."""
-    if class_names and len(class_names) == len(metrics["per_class"]):
+    if class_names and len(class_names) == len(metrics.get("per_class", ())):  # a regression head has none
         metrics = {**metrics, "per_class": dict(zip(class_names, metrics["per_class"]))}
     return metrics
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "dataset": run.cfg.train.dataset}
         for key, model in models.items():
             if model is not None:
-                result[key] = named(evaluate(model, d.test_x, d.test_y, d.policy, d.num_classes), d.class_names)
+                result[key] = named(evaluate_data(model, d), d.class_names)
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssl_kd.errors import SSLKDError
+from ssl_kd.errors import ConfigError, SSLKDError
 from ssl_kd.influence import InfluenceConfig, write_report
 from ssl_kd.influence.explain import SPLITS
 from ssl_kd.trainer.rundir import os_error_message
@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         from ssl_kd.run import load_run
 
         run = load_run(args.ckpt, args.device, args.data_dir, args.plugin)
+        if run.data.is_regression:  # the influence module differentiates cross-entropy on class labels
+            from ssl_kd.data.build import class_form_hint
+
+            raise ConfigError(f"explain measures influence on the cross-entropy of class labels and {run.cfg.train.dataset} "
+                              f"is a regression task; explain a classification run instead"
+                              f"{class_form_hint(run.cfg.train.dataset, ', e.g. of its classification form ')}")
         model = run.ema_model if args.model == "ema" and run.ema_model is not None else run.model
         if run.run_dir is None and not args.out:  # a copy kept elsewhere: never write into whatever folder holds it
             print(f"error: {args.ckpt} is not inside the run folder it belongs to; give --out FOLDER for the explanation",

@@ -1,7 +1,8 @@
 """Predict with a trained run: `python tools/predict.py runs/<run> --input sentences.txt` (or `-`:
 stdin; one sentence per line, a tab between the two of a pair), or `--input photos/` for an
 image run (every .jpg/.png under the folder). Prints one row per input with the predicted class
-name and every class's probability, as CSV (default) or JSON Lines, batched, with a progress bar.
+name and every class's probability (a regression run such as STS-B: the predicted score), as CSV
+(default) or JSON Lines, batched, with a progress bar.
 """
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ import sys
 from pathlib import Path
 
 from ssl_kd.errors import SSLKDError
-from ssl_kd.export import chosen_model, image_inputs, predict_probabilities, text_inputs
+from ssl_kd.export import chosen_model, image_inputs, predict_outputs, text_inputs
 from ssl_kd.run import load_run
+
+
+def print_scores(names: list[str], scores: list[float], fmt: str) -> None:
+    """A regression run's rows: the input and its predicted score."""
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["input", "score"])
+        writer.writerows([name, f"{score:.6f}"] for name, score in zip(names, scores))
+    else:
+        for name, score in zip(names, scores):
+            print(json.dumps({"input": name, "score": round(score, 6)}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             names, x = image_inputs(run, Path(args.input))
         device = next(run.model.parameters()).device
-        probs = predict_probabilities(chosen_model(run), x.to(device), run.data.policy, max(1, args.batch_size)).cpu()
+        outputs = predict_outputs(chosen_model(run), x.to(device), run.data.policy, max(1, args.batch_size)).cpu()
     except (SSLKDError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if run.data.is_regression:
+        print_scores(names, outputs[:, 0].tolist(), args.format)
+        return 0
+    probs = outputs.softmax(-1)
     classes = run.data.class_names or [str(i) for i in range(probs.shape[1])]
     if args.format == "csv":
         writer = csv.writer(sys.stdout)

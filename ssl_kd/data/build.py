@@ -15,7 +15,7 @@ from ssl_kd.config import DataConfig
 from ssl_kd.data.family import DatasetFamily, RawData
 from ssl_kd.data.mismatch import UNSEEN, SeenClasses, mismatched_pool, seen_classes
 from ssl_kd.data.placement import check_placement
-from ssl_kd.data.types import PAD_MODES, AugPolicy, SSLData, TextPolicy
+from ssl_kd.data.types import PAD_MODES, TASK_KINDS, AugPolicy, SSLData, TextPolicy
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.registry import DATASETS, discover, unknown_name_message
 
@@ -89,6 +89,7 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
 
         raw, policy = tokenise_raw(raw, policy, net or family.protocol.get("net", ""), data_cfg.max_length)
     check_labels(raw, family.name, num_classes)
+    check_task(family, raw, data_cfg)
     mismatch = data_cfg.unlabelled_mismatch
     if mismatch is not None and per_class is None:
         raise ConfigError(f"data.unlabelled_mismatch applies to presets with unlabelled data, not {name!r}; "
@@ -126,7 +127,20 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
         train_text=[" || ".join(t) for t in raw.train_text] if raw.train_text is not None else None,
         train_gold=raw.train_gold,
         test_gold=raw.test_gold,
+        task=family.task,
     )
+
+
+def class_form_hint(name: str, lead: str = ", or its classification form ") -> str:
+    """`lead` + the classification form of a regression dataset that has one (stsb_60 -> stsb6_60),
+    else "", for errors that refuse a regression task."""
+    try:
+        family, labels = resolve_family(name)
+    except ConfigError:
+        return ""
+    if not family.class_form:
+        return ""
+    return f"{lead}{family.class_form}{f'_{labels}' if labels else ''}"
 
 
 def check_data_config(cfg: DataConfig) -> None:
@@ -146,6 +160,22 @@ def check_data_config(cfg: DataConfig) -> None:
     if cfg.pad_mode and cfg.pad_mode not in PAD_MODES:
         raise ConfigError(f"data.pad_mode={cfg.pad_mode!r} is not valid; use one of: {', '.join(PAD_MODES)} "
                           f"(or leave it empty for the dataset's own).")
+
+
+def check_task(family: DatasetFamily, raw: RawData, cfg: DataConfig) -> None:
+    """A regression family carries its gold scores; label noise and class mismatch flip or drop
+    classes, which a score's bins are not."""
+    if family.task not in TASK_KINDS:
+        raise ConfigError(f"dataset family {family.name!r} declares task {family.task!r}; use one of {', '.join(TASK_KINDS)}")
+    if family.task != "regression":
+        return
+    if raw.train_gold is None or raw.test_gold is None:
+        raise DataError(f"{family.name}: a regression family must give train_gold and test_gold (float scores)")
+    for key, used in (("label_noise", cfg.label_noise > 0), ("unlabelled_mismatch", cfg.unlabelled_mismatch is not None)):
+        if used:
+            alternative = f"; the classification form {family.class_form} takes it" if family.class_form else ""
+            raise ConfigError(f"data.{key} flips or drops classes and {family.name} is a regression task; "
+                              f"drop data.{key}{alternative}")
 
 
 def check_labels(raw: RawData, family: str, num_classes: int) -> None:

@@ -60,6 +60,9 @@ class DatasetFamily:
     `classes(root)` before loading (an image folder), or without `classes` has them once loaded
     (`RawData.class_names`: text files); `options` names DataConfig fields passed to
     `load` as keywords (the image folder's `image_size`).
+    `task` is "classification" or "regression" (ssl_kd.data.types.TASK_KINDS); a regression family
+    gives `train_gold`/`test_gold` and names its classification form, if any, in `class_form`
+    (stsb -> stsb6), for the error that refuses a classification-only algorithm.
     """
 
     name: str
@@ -72,6 +75,8 @@ class DatasetFamily:
     description: str = ""
     classes: Callable[[Path], list[str]] | None = None  # with num_classes=0: the class names under `root`
     options: tuple[str, ...] = ()  # DataConfig fields `load` takes as keyword arguments
+    task: str = "classification"
+    class_form: str = ""  # a regression family's classification twin (a family name)
 
 
 def register_dataset(family: DatasetFamily) -> DatasetFamily:

@@ -8,6 +8,10 @@ import torch
 
 
 PAD_MODES = {"reflect": "reflect", "zeros": "constant"}  # AugPolicy.pad_mode -> torch.nn.functional.pad's mode
+# What a dataset's model predicts: one of `num_classes` classes (trained on labels), or one float
+# score (trained with MSE on the gold scores; the classes are then only bins of the score, used to
+# stratify the splits).
+TASK_KINDS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class SSLData:
     pseudo-label accuracy (`true_labels`), never for training. Under class mismatch
     (`ssl_kd.data.mismatch`) training images of unseen classes are labelled -1. `val_idx` is carved out of the training set and
     excluded from the labelled and unlabelled splits.
+
+    `task` is "classification" or "regression" (TASK_KINDS). A regression task trains on and is
+    scored against `train_gold`/`test_gold`; its `train_y` holds the scores' bins, which stratify
+    the splits only. `targets(idx)` is what a labelled batch trains on.
     """
 
     name: str
@@ -75,6 +83,30 @@ class SSLData:
     train_text: list[str] | None = None  # text datasets: the training sentences, for explanations
     train_gold: torch.Tensor | None = None  # a regression task's float gold scores (STS-B), for its metric
     test_gold: torch.Tensor | None = None
+    task: str = "classification"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def num_outputs(self) -> int:
+        """The width of the network's last layer: one score for regression, else one logit per class."""
+        return 1 if self.is_regression else self.num_classes
+
+    def targets(self, idx: torch.Tensor) -> torch.Tensor:
+        """Training targets of examples `idx`: float32 gold scores (regression) or class labels."""
+        if self.is_regression:
+            assert self.train_gold is not None, "a regression dataset carries its gold scores"
+            return self.train_gold[idx.to(self.train_gold.device)].float()
+        return self.train_y[idx]
+
+    def gold(self, split: str) -> torch.Tensor | None:
+        """The float gold scores of "test" or "val" (None without them), which correlations are computed against."""
+        scores = self.test_gold if split == "test" else self.train_gold
+        if scores is None or split == "test":
+            return scores
+        return scores[self.val_idx.to(scores.device)]
 
     def true_labels(self, idx: torch.Tensor) -> torch.Tensor:
         """Ground truth of training examples, to monitor pseudo-labels only (never to train on):

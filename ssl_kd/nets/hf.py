@@ -2,7 +2,7 @@
 
 `hf:<name-or-path>[:layers=N|every2][:pool=cls|mean]` loads `AutoModelForSequenceClassification`
 (a hub name or a local folder; `hf:minilm-l6` is the offline MiniLM package) with `num_labels` =
-the dataset's classes; ssl_kd.text.hub says what the options keep.
+the dataset's classes (1 and `problem_type="regression"` for a regression task such as STS-B); ssl_kd.text.hub says what the options keep.
 `forward(ids)` takes right-padded token ids (N,L), derives the attention mask (ids != pad) and,
 for BERT-style models, the segment ids (after the first [SEP]), trims the batch to its longest
 sequence, and returns `(logits, features)`: features are the input of the final classification
@@ -75,16 +75,22 @@ class HFClassifier(Classifier):
         from transformers.utils import logging as hf_logging
 
         config = AutoConfig.from_pretrained(spec.source, num_labels=num_classes, local_files_only=spec.is_local)
+        # a checkpoint with a classification head of another width (a 2-class model on STS-B's one
+        # score or six classes) gets a new head, as fine-tuning on another task does; nothing else may differ
+        other_head = AutoConfig.from_pretrained(spec.source, local_files_only=spec.is_local).num_labels != num_classes
+        if num_classes == 1:  # one output is a regression score (transformers' convention), e.g. STS-B
+            config.problem_type = "regression"
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "newly initialised head" warnings: expected when fine-tuning
         hf_logging.disable_progress_bar()
         try:
             try:  # PyTorch's fused scaled-dot-product attention, where the architecture has it
                 self.hf = AutoModelForSequenceClassification.from_pretrained(
-                    spec.source, config=config, local_files_only=spec.is_local, attn_implementation="sdpa")
+                    spec.source, config=config, local_files_only=spec.is_local, attn_implementation="sdpa",
+                    ignore_mismatched_sizes=other_head)
             except ValueError:  # an architecture without SDPA keeps its own attention
                 self.hf = AutoModelForSequenceClassification.from_pretrained(
-                    spec.source, config=config, local_files_only=spec.is_local)
+                    spec.source, config=config, local_files_only=spec.is_local, ignore_mismatched_sizes=other_head)
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()

@@ -1,13 +1,15 @@
 """GLUE's official metrics by name, computed from logits and labels (in percent, like top1).
 
 `accuracy` (SST-2, MNLI, QNLI, RTE, WNLI), `f1` of the positive class plus accuracy (MRPC, QQP),
-`matthews` correlation (CoLA), `pearson_spearman` (STS-B: the expected class value against the
-float gold scores when given, else against the class). Correlations are undefined (nan) when one
+`matthews` correlation (CoLA), `pearson_spearman` (STS-B's six-class form: the expected class
+value against the float gold scores when given, else against the class; the regression form
+scores its one output with `correlations`). Correlations are undefined (nan) when one
 side is constant, as in scipy.
 
 `run_metric` names the one figure a run is judged on (best.pt, summary.json, sweep tables):
 top1 for accuracy tasks (the same number), else the task's official metric; for STS-B the mean
-of Pearson and Spearman, as GLUE scores the task.
+of Pearson and Spearman, as GLUE's overall score averages a task's two figures (GLUE's tables print
+both; `METRIC_PARTS` puts them in summary.json beside the mean).
 """
 from __future__ import annotations
 
@@ -36,6 +38,17 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     return ((ends - (counts.double() - 1) / 2))[inverse]
 
 
+def correlations(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Pearson and Spearman correlation (percent) of predicted scores with the gold, and their mean."""
+    pred, target = pred.double(), target.to(pred.device, torch.float64)
+    pearson, spearman = 100.0 * _pearson(pred, target), 100.0 * _pearson(_ranks(pred), _ranks(target))
+    return {"pearson": pearson, "spearman": spearman, "pearson_spearman": (pearson + spearman) / 2}
+
+
+# The figures a run metric is the mean of, reported beside it in summary.json (`last_pearson`).
+METRIC_PARTS = {"pearson_spearman": ("pearson", "spearman")}
+
+
 def matthews(pred: torch.Tensor, y: torch.Tensor) -> float:
     return _pearson((pred == 1).double(), (y == 1).double()) if pred.unique().numel() > 1 and y.unique().numel() > 1 else 0.0
 
@@ -59,7 +72,5 @@ def official_metrics(metric: str, logits: torch.Tensor, y: torch.Tensor,
     if metric == "pearson_spearman":
         classes = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float64)
         expected = (logits.double().softmax(-1) * classes).sum(-1)
-        target = (gold if gold is not None else y).to(expected.device, torch.float64)
-        pearson, spearman = 100.0 * _pearson(expected, target), 100.0 * _pearson(_ranks(expected), _ranks(target))
-        return {"pearson": pearson, "spearman": spearman, "pearson_spearman": (pearson + spearman) / 2}
+        return correlations(expected, gold if gold is not None else y)
     raise ConfigError(f"unknown metric {metric!r}; use accuracy, f1, matthews or pearson_spearman")

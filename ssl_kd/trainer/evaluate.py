@@ -1,4 +1,5 @@
-"""Test metrics of a classifier: top-1, top-5 (over 5 classes), balanced accuracy, macro-F1, per-class accuracy (percent)."""
+"""Test metrics of a classifier: top-1, top-5 (over 5 classes), balanced accuracy, macro-F1, per-class
+accuracy (percent); of a regression head: MSE and the Pearson/Spearman correlations."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -10,8 +11,8 @@ from tqdm import tqdm
 from torch import nn
 
 from ssl_kd.augment.views import make_view
-from ssl_kd.data.types import AugPolicy, TextPolicy
-from ssl_kd.text.metrics import official_metrics
+from ssl_kd.data.types import AugPolicy, SSLData, TextPolicy
+from ssl_kd.text.metrics import correlations, official_metrics
 
 
 @torch.no_grad()
@@ -78,10 +79,36 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, policy: AugPoli
         return task_metrics(logits, y, num_classes, policy)
 
 
+def evaluate_data(model: nn.Module, data: SSLData, batch_size: int = 1024,
+                  autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
+    """`evaluate` on `data`'s test split, with its gold scores and task kind (data_metrics)."""
+    with torch.inference_mode():
+        logits, _ = predict(model, data.test_x, data.policy, batch_size, autocast)
+        return data_metrics(logits, data)
+
+
+def regression_metrics(outputs: torch.Tensor, gold: torch.Tensor) -> dict[str, Any]:
+    """A one-output head's scores against the float gold: MSE (the training loss, as `loss`) and
+    the correlations GLUE reports."""
+    pred, gold = outputs[:, 0].double(), gold.to(outputs.device, torch.float64)
+    mse = float((pred - gold).pow(2).mean())
+    return {"loss": mse, "mse": mse, **correlations(pred, gold)}
+
+
+def data_metrics(logits: torch.Tensor, data: SSLData, split: str = "test") -> dict[str, Any]:
+    """task_metrics of `logits` on `data`'s "test" or "val" split, with its labels and gold scores."""
+    y = data.test_y if split == "test" else data.train_y[data.val_idx]
+    return task_metrics(logits, y, data.num_classes, data.policy, data.gold(split), data.task)
+
+
 def task_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, policy: AugPolicy | TextPolicy | None,
-                 gold: torch.Tensor | None = None) -> dict[str, Any]:
+                 gold: torch.Tensor | None = None, task: str = "classification") -> dict[str, Any]:
     """classification_metrics, and for GLUE tasks their official metric by name beside them
-    (`gold`: a regression task's float scores, which its correlations are computed against)."""
+    (`gold`: float scores, which correlations are computed against); a regression task's
+    regression_metrics (no classes to count)."""
+    if task == "regression":
+        assert gold is not None, "a regression task is scored against its gold scores"
+        return regression_metrics(logits, gold)
     metrics = classification_metrics(logits, y, num_classes)
     if isinstance(policy, TextPolicy):
         metrics.update(official_metrics(policy.metric, logits, y, gold))

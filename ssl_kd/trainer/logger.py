@@ -13,6 +13,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from ssl_kd.errors import DataError
+from ssl_kd.text.metrics import METRIC_PARTS
 
 
 class RunLogger:
@@ -87,7 +88,8 @@ class RunLogger:
                 train_s: float | None = None) -> dict[str, Any]:
         """Write and return summary.json. Test figures selected on the test split carry `oracle`
         in their name; a result to report is `median_<m>`, `last_<m>` or `test_<m>_at_best_val`, with
-        <m> the run's metric (`task_metric`: top1, or a text task's official metric)."""
+        <m> the run's metric (`task_metric`: top1, or a text task's official metric); a metric that is
+        a mean (STS-B's pearson_spearman) has its parts beside it (`last_pearson`, `last_spearman`)."""
         m = self.metric
         accs = [r[self.eval_key] for r in self.history]
         summary: dict[str, Any] = {
@@ -98,10 +100,14 @@ class RunLogger:
             f"median_{m}": statistics.median(accs[-median_last:]) if accs else None,
             f"best_test_{m}_oracle": max(accs, key=score, default=None),
         }
+        prefix = self.eval_key[: -len(m)]
+        last = self.history[-1] if self.history else {}
+        summary.update({f"last_{part}": last.get(prefix + part) for part in METRIC_PARTS.get(m, ())})
         if self.select_key != self.eval_key:
             best = max(self.history, key=lambda r: score(r[self.select_key]), default=None)
             summary[f"best_val_{m}"] = best[self.select_key] if best else None
             summary[f"test_{m}_at_best_val"] = best[self.eval_key] if best else None
+            summary.update({f"test_{part}_at_best_val": (best or {}).get(prefix + part) for part in METRIC_PARTS.get(m, ())})
         train_s = wall_s if train_s is None else train_s
         summary.update({
             "evaluations": len(accs),

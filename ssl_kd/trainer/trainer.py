@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ssl_kd.algorithm import Algorithm, Batch, Context
 from ssl_kd.augment.views import make_view
 from ssl_kd.config import Config
+from ssl_kd.data.build import class_form_hint
 from ssl_kd.data.draws import KeyedDraws, example_keys
 from ssl_kd.data.feed import StepFeed
 from ssl_kd.data.placement import place_data
@@ -36,7 +37,7 @@ from ssl_kd.trainer.amp import autocast_for
 from ssl_kd.trainer.checkpoint import RESUME_KEYS, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import compile_network
 from ssl_kd.trainer.ema import make_ema, update_ema
-from ssl_kd.trainer.evaluate import predict, task_metrics
+from ssl_kd.trainer.evaluate import data_metrics, predict
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger, run_hparams
 from ssl_kd.trainer.monitor import ood_logs
@@ -94,6 +95,9 @@ class Trainer:
             autocast=self.autocast,
         )
         self.algorithm: Algorithm = algo_cls(self.forward_model, cfg.algo, ctx)
+        if self.data.is_regression and cfg.weights.kind != "none":  # weights score class-probability targets
+            raise ConfigError(f"weights.kind={cfg.weights.kind} weighs class-probability targets and {t.dataset} is a "
+                              f"regression task; use weights.kind=none{class_form_hint(t.dataset)}")
         self.algorithm.weights = build_weights(cfg.weights, self.algorithm)
         self.applied: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # weights, correct, unseen-class since the last evaluation
         if self.algorithm.needs_unlabelled and not self.data.has_unlabelled:
@@ -145,7 +149,7 @@ class Trainer:
     def next_batch(self) -> Batch:
         """This rank's part of the step's batch: it gathers and augments its own examples only."""
         idx_l, x_l = next(self.labelled)
-        batch = Batch(x_l=self.views(x_l, idx_l, self.algorithm.labelled_views, "labelled"), y_l=self.data.train_y[idx_l], idx_l=idx_l)
+        batch = Batch(x_l=self.views(x_l, idx_l, self.algorithm.labelled_views, "labelled"), y_l=self.data.targets(idx_l), idx_l=idx_l)
         if self.unlabelled is not None:
             idx_u, x_u = next(self.unlabelled)
             batch.x_u = self.views(x_u, idx_u, self.algorithm.unlabelled_views, "unlabelled")
@@ -198,14 +202,14 @@ class Trainer:
                 continue
             logits = self.predict_all(model, d.test_x)
             self.test_logits[prefix] = logits  # for the confusion matrix
-            metrics = task_metrics(logits, d.test_y, d.num_classes, d.policy, d.test_gold)
+            metrics = data_metrics(logits, d)
             row.update({f"{prefix}{k}": v for k, v in metrics.items()})
             if d.val_idx.numel() > 0:
                 with torch.inference_mode():  # nothing made here leaves the block (inference tensors)
                     val_logits = self.predict_all(model, d.train_x[d.val_idx])
-                    gold = d.train_gold[d.val_idx.cpu()] if d.train_gold is not None else None
-                    val = task_metrics(val_logits, d.train_y[d.val_idx], d.num_classes, d.policy, gold)
-                    row.update({f"{prefix}val_{k}": val[k] for k in dict.fromkeys(("top1", self.metric))})
+                    val = data_metrics(val_logits, d, "val")
+                    # top1 beside the run's metric, except for a regression head (no classes)
+                    row.update({f"{prefix}val_{k}": val[k] for k in dict.fromkeys(("top1", self.metric)) if k in val})
         row.update(self.algorithm.eval_metrics())
         row.update(self.algorithm.weights.eval_metrics())
         row.update(self.applied_weight_metrics())
@@ -238,8 +242,8 @@ class Trainer:
     def log_pictures(self, logger: RunLogger) -> None:
         """TensorBoard figures of an evaluation: the reported model's confusion matrix and the
         confidence of the teacher (the algorithm's extra model), else of that model, on unlabelled images."""
-        if not self.dist.is_main:
-            return  # only rank 0 logs
+        if not self.dist.is_main or self.data.is_regression:
+            return  # only rank 0 logs; a regression head has no confusion matrix or confidence
         prefix = logger.eval_key[: -len(self.metric)]
         teacher = self.algorithm.eval_model()
         scorer, name = (teacher, "teacher") if teacher is not None else (self.ema_model or self.model, "model")
