@@ -78,6 +78,60 @@ def test_explain_tool_end_to_end(tiny, tmp_path, monkeypatch, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
+def _stub_run(monkeypatch, tmp_path, model, data, weights):
+    """tools/explain.py's `load_run` stubbed to return a run with these `weights` settings."""
+    import ssl_kd.run
+
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(weight_decay=5e-4), weights=weights)
+    run = types.SimpleNamespace(cfg=cfg, data=data, model=model, ema_model=None, run_dir=tmp_path)
+    monkeypatch.setattr(ssl_kd.run, "load_run", lambda path, device, data_dir, plugins=(): run)
+
+
+def test_explain_scores_with_the_weighted_runs_own_estimator(tiny, tmp_path, monkeypatch):
+    """A run trained with influence weights is explained with its own weights.* estimator (damping,
+    relative, reference temperature, map), not the library defaults; an unweighted run keeps them."""
+    import ssl_kd.influence.explain as explain
+    from ssl_kd.influence import InfluenceConfig
+    from ssl_kd.weighting.config import WeightsConfig
+
+    model, data = tiny
+    original, seen = explain.rank_training_examples, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["cfg"] if "cfg" in kwargs else args[4])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(explain, "rank_training_examples", spy)
+    tool = load_tool()
+    argv = ["--ckpt", "x.pt", "--device", "cpu", "--split", "labelled", "--top", "2", "--no-tensorboard"]
+    scores = {}
+    for name, weights in (("weighted", WeightsConfig(kind="influence", damping_fraction=0.37, relative="none",
+                                                     reference_tau=2.5, temperature=1.5)),
+                          ("unweighted", WeightsConfig(kind="none", damping_fraction=0.37, relative="none"))):
+        _stub_run(monkeypatch, tmp_path / name, model, data, weights)
+        assert tool.main(argv) == 0
+        with open(tmp_path / name / "explain" / "influence_val.csv") as f:
+            scores[name] = sorted(float(row["score"]) for row in csv.DictReader(f))
+    weighted, unweighted = seen
+    assert (weighted.damping_fraction, weighted.relative, weighted.reference_tau, weighted.temperature,
+            weighted.weight_decay) == (0.37, "none", 2.5, 1.5, 5e-4)
+    assert unweighted == InfluenceConfig(weight_decay=5e-4)
+    assert scores["weighted"] != pytest.approx(scores["unweighted"], rel=1e-3)
+
+
+def test_kdaif_runs_are_explained_with_kdaifs_weights_defaults():
+    """kdaif's weights default to influence, so a plain kdaif run is explained with weights.*'s
+    defaults (cosine-relative scores, reference at temperature 4), fixmatch's with the library's."""
+    from ssl_kd.influence import InfluenceConfig
+    from ssl_kd.run import resolve_config
+    from ssl_kd.weighting.influence import run_influence_config
+
+    kdaif = run_influence_config(resolve_config({}, {"algo": "kdaif", "dataset": "digits_30"}, ["weights.damping_fraction=0.3"]))
+    assert (kdaif.relative, kdaif.reference_tau, kdaif.damping_fraction, kdaif.temperature) == ("cosine", 4.0, 0.3, 3.0)
+    fixmatch = run_influence_config(resolve_config({}, {"algo": "fixmatch", "dataset": "digits_30"}, ["weights.damping_fraction=0.3"]))
+    assert fixmatch == InfluenceConfig(weight_decay=fixmatch.weight_decay)
+
+
 def test_explain_tool_on_a_real_run(tmp_path, run_cli, capsys):
     """A two-step digits run written by the trainer, explained through the real `load_run`."""
     run_dir = tmp_path / "run"

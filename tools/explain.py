@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ssl_kd.errors import SSLKDError
-from ssl_kd.influence import InfluenceConfig, write_report
+from ssl_kd.influence import write_report
 from ssl_kd.influence.explain import SPLITS
 from ssl_kd.trainer.rundir import os_error_message
 
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run_dir = Path(run.run_dir) if run.run_dir is not None else None
         out = Path(args.out) if args.out else run_dir / "explain"
-        # the head's L2 penalty is part of the curvature the run trained with
-        cfg = InfluenceConfig(weight_decay=float(getattr(run.cfg.train, "weight_decay", 0.0)))
+        from ssl_kd.weighting.influence import run_influence_config
+
+        cfg = run_influence_config(run.cfg)  # a weighted run's own estimator (damping, relative, reference_tau, map)
         writer = None
         if not args.no_tensorboard and run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
