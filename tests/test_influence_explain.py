@@ -152,3 +152,102 @@ def test_an_unseen_class_image_is_named_unseen_not_the_last_class():
 
     data = SimpleNamespace(class_names=["zero", "one"])
     assert [_name(data, 1), _name(data, -1), _name(data, 7)] == ["one", "unseen", "7"]
+
+
+def _direct_scores(model, data, idx, cfg):
+    """Influence of each example in `idx` by autograd and a dense solve, one example's gradient per
+    row (independent of the weighter's closed forms): -g_i^T (H + lambda I)^-1 g_ref, over |g_i| for
+    cosine or sqrt(g_i^T (H + lambda I)^-1 g_i) for relatif."""
+    from ssl_kd.trainer.evaluate import predict
+
+    logits, f = predict(model, data.train_x[idx], data.policy, 100_000)
+    ref = data.val_idx if data.val_idx.numel() else data.labelled_idx
+    _, f_ref = predict(model, data.train_x[ref], data.policy, 100_000)
+    labelled = torch.isin(idx, data.labelled_idx)
+    targets = torch.where(labelled, data.train_y[idx], logits.argmax(1))
+    head = model.head
+    theta = torch.cat([head.weight, head.bias[:, None]], 1).detach().double()
+    x, x_ref = (torch.cat([v.double(), torch.ones(v.shape[0], 1, dtype=torch.float64)], 1) for v in (f, f_ref))
+    per_example = lambda t: torch.nn.functional.cross_entropy(x @ t.reshape(theta.shape).T, targets, reduction="none")  # noqa: E731
+    flat = theta.reshape(-1)
+    g = torch.autograd.functional.jacobian(per_example, flat)  # (N, P)
+    h = torch.autograd.functional.hessian(lambda t: per_example(t).mean(), flat)
+    g_ref = torch.autograd.functional.jacobian(lambda t: torch.nn.functional.cross_entropy(
+        x_ref @ t.reshape(theta.shape).T / cfg.reference_tau, data.train_y[ref]), flat)
+    damped = h + (cfg.damping_fraction * h.trace() / flat.numel() + cfg.weight_decay) * torch.eye(flat.numel(), dtype=h.dtype)
+    scores = -g @ torch.linalg.solve(damped, g_ref)
+    if cfg.relative == "cosine":
+        scores = scores / g.norm(dim=1)
+    elif cfg.relative == "relatif":
+        scores = scores / (g * torch.linalg.solve(damped, g.T).T).sum(1).sqrt()
+    return scores
+
+
+@pytest.mark.parametrize("relative", ["none", "cosine", "relatif"])
+def test_chunked_scores_equal_a_direct_per_example_computation(tiny, relative):
+    """The whole training set scored in chunks (37 rows, so chunks split classes and splits) equals
+    autograd's per-example gradients against a dense solve; relatif, which the static table could
+    not score, included."""
+    from ssl_kd.influence import InfluenceConfig
+
+    model, data = tiny
+    cfg = InfluenceConfig(weight_decay=5e-4, damping_fraction=0.3, reference_tau=4.0, relative=relative)
+    ranking = rank_training_examples(model, data, split="all", cfg=cfg, chunk_size=37)
+    assert ranking.indices.numel() == torch.unique(torch.cat([data.labelled_idx, data.unlabelled_idx])).numel()
+    direct = _direct_scores(model, data, ranking.indices, cfg)
+    assert torch.allclose(ranking.scores.double(), direct, rtol=1e-4, atol=1e-6 * float(direct.abs().max()))
+
+
+def test_scores_and_weights_equal_the_static_table_path(tiny):
+    """Scores and mapped weights equal what the earlier ranking computed (the weighter's static
+    table: fit_static, then weights() of the whole set), for the sigmoid and a dropping map."""
+    import dataclasses
+
+    from ssl_kd.influence import InfluenceConfig, InfluenceWeighter
+    from ssl_kd.trainer.evaluate import predict
+
+    model, data = tiny
+    for cfg in (InfluenceConfig(weight_decay=5e-4, relative="cosine", temperature=3.0),
+                InfluenceConfig(weight_map="quantile", drop=0.3, renormalise=False)):
+        ranking = rank_training_examples(model, data, split="all", cfg=cfg, limit=500, chunk_size=64)
+        idx = ranking.indices
+        logits, f = predict(model, data.train_x[idx], data.policy, 512)
+        _, f_ref = predict(model, data.train_x[data.val_idx], data.policy, 512)
+        static = InfluenceWeighter(dataclasses.replace(cfg, schedule="static", warmup_steps=0))
+        scores = static.fit_static(model.head, f_ref, data.train_y[data.val_idx], f, ranking.targets, idx)
+        weights = static.weights(f, logits, ranking.targets, 0, idx=idx)
+        assert torch.allclose(ranking.scores, scores, rtol=1e-5, atol=1e-7 * float(scores.abs().max()))
+        assert torch.allclose(ranking.weights, weights, rtol=1e-5, atol=1e-6)
+
+
+def test_text_is_run_shortest_first_and_comes_back_in_order():
+    """Token ids go through the network by length (each batch pads only to its own longest
+    sentence) and the logits and features come back in the order asked for."""
+    from ssl_kd.data.types import TextPolicy
+    from ssl_kd.influence.explain import _forward
+    from ssl_kd.trainer.evaluate import predict
+
+    class Bag(torch.nn.Module):  # mean embedding of a row's tokens, trimmed to the batch's longest like hf.py
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head, self.widths = torch.nn.Embedding(50, 6), torch.nn.Linear(6, 3), []
+
+        def forward(self, ids):
+            mask = ids != 0
+            longest = int((mask * torch.arange(1, ids.shape[1] + 1)).max())
+            self.widths.append(longest)
+            ids, mask = ids[:, :longest], mask[:, :longest, None]
+            f = (self.emb(ids) * mask).sum(1) / mask.sum(1)
+            return self.head(f), f
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 31, (100,), generator=gen)
+    x = torch.randint(1, 50, (100, 30), generator=gen) * (torch.arange(30) < lengths[:, None])
+    rows = torch.randperm(100, generator=gen)[:70]
+    model, policy = Bag(), TextPolicy(pad_id=0)
+    logits, feats = _forward(model, x, rows, policy, 8, "", torch.device("cpu"))
+    by_length = model.widths
+    model.widths = []
+    expected = predict(model, x, policy, 8, rows=rows)
+    assert torch.allclose(logits, expected[0], atol=1e-6) and torch.allclose(feats, expected[1], atol=1e-6)
+    assert by_length == sorted(by_length) and sum(by_length) < sum(model.widths)
