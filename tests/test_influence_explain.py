@@ -78,6 +78,60 @@ def test_explain_tool_end_to_end(tiny, tmp_path, monkeypatch, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
+def _stub_run(monkeypatch, tmp_path, model, data, weights):
+    """tools/explain.py's `load_run` stubbed to return a run with these `weights` settings."""
+    import ssl_kd.run
+
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(weight_decay=5e-4), weights=weights)
+    run = types.SimpleNamespace(cfg=cfg, data=data, model=model, ema_model=None, run_dir=tmp_path)
+    monkeypatch.setattr(ssl_kd.run, "load_run", lambda path, device, data_dir, plugins=(): run)
+
+
+def test_explain_scores_with_the_weighted_runs_own_estimator(tiny, tmp_path, monkeypatch):
+    """A run trained with influence weights is explained with its own weights.* estimator (damping,
+    relative, reference temperature, map), not the library defaults; an unweighted run keeps them."""
+    import ssl_kd.influence.explain as explain
+    from ssl_kd.influence import InfluenceConfig
+    from ssl_kd.weighting.config import WeightsConfig
+
+    model, data = tiny
+    original, seen = explain.rank_training_examples, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["cfg"] if "cfg" in kwargs else args[4])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(explain, "rank_training_examples", spy)
+    tool = load_tool()
+    argv = ["--ckpt", "x.pt", "--device", "cpu", "--split", "labelled", "--top", "2", "--no-tensorboard"]
+    scores = {}
+    for name, weights in (("weighted", WeightsConfig(kind="influence", damping_fraction=0.37, relative="none",
+                                                     reference_tau=2.5, temperature=1.5)),
+                          ("unweighted", WeightsConfig(kind="none", damping_fraction=0.37, relative="none"))):
+        _stub_run(monkeypatch, tmp_path / name, model, data, weights)
+        assert tool.main(argv) == 0
+        with open(tmp_path / name / "explain" / "influence_val.csv") as f:
+            scores[name] = sorted(float(row["score"]) for row in csv.DictReader(f))
+    weighted, unweighted = seen
+    assert (weighted.damping_fraction, weighted.relative, weighted.reference_tau, weighted.temperature,
+            weighted.weight_decay) == (0.37, "none", 2.5, 1.5, 5e-4)
+    assert unweighted == InfluenceConfig(weight_decay=5e-4)
+    assert scores["weighted"] != pytest.approx(scores["unweighted"], rel=1e-3)
+
+
+def test_kdaif_runs_are_explained_with_kdaifs_weights_defaults():
+    """kdaif's weights default to influence, so a plain kdaif run is explained with weights.*'s
+    defaults (cosine-relative scores, reference at temperature 4), fixmatch's with the library's."""
+    from ssl_kd.influence import InfluenceConfig
+    from ssl_kd.run import resolve_config
+    from ssl_kd.weighting.influence import run_influence_config
+
+    kdaif = run_influence_config(resolve_config({}, {"algo": "kdaif", "dataset": "digits_30"}, ["weights.damping_fraction=0.3"]))
+    assert (kdaif.relative, kdaif.reference_tau, kdaif.damping_fraction, kdaif.temperature) == ("cosine", 4.0, 0.3, 3.0)
+    fixmatch = run_influence_config(resolve_config({}, {"algo": "fixmatch", "dataset": "digits_30"}, ["weights.damping_fraction=0.3"]))
+    assert fixmatch == InfluenceConfig(weight_decay=fixmatch.weight_decay)
+
+
 def test_explain_tool_on_a_real_run(tmp_path, run_cli, capsys):
     """A two-step digits run written by the trainer, explained through the real `load_run`."""
     run_dir = tmp_path / "run"
@@ -98,3 +152,102 @@ def test_an_unseen_class_image_is_named_unseen_not_the_last_class():
 
     data = SimpleNamespace(class_names=["zero", "one"])
     assert [_name(data, 1), _name(data, -1), _name(data, 7)] == ["one", "unseen", "7"]
+
+
+def _direct_scores(model, data, idx, cfg):
+    """Influence of each example in `idx` by autograd and a dense solve, one example's gradient per
+    row (independent of the weighter's closed forms): -g_i^T (H + lambda I)^-1 g_ref, over |g_i| for
+    cosine or sqrt(g_i^T (H + lambda I)^-1 g_i) for relatif."""
+    from ssl_kd.trainer.evaluate import predict
+
+    logits, f = predict(model, data.train_x[idx], data.policy, 100_000)
+    ref = data.val_idx if data.val_idx.numel() else data.labelled_idx
+    _, f_ref = predict(model, data.train_x[ref], data.policy, 100_000)
+    labelled = torch.isin(idx, data.labelled_idx)
+    targets = torch.where(labelled, data.train_y[idx], logits.argmax(1))
+    head = model.head
+    theta = torch.cat([head.weight, head.bias[:, None]], 1).detach().double()
+    x, x_ref = (torch.cat([v.double(), torch.ones(v.shape[0], 1, dtype=torch.float64)], 1) for v in (f, f_ref))
+    per_example = lambda t: torch.nn.functional.cross_entropy(x @ t.reshape(theta.shape).T, targets, reduction="none")  # noqa: E731
+    flat = theta.reshape(-1)
+    g = torch.autograd.functional.jacobian(per_example, flat)  # (N, P)
+    h = torch.autograd.functional.hessian(lambda t: per_example(t).mean(), flat)
+    g_ref = torch.autograd.functional.jacobian(lambda t: torch.nn.functional.cross_entropy(
+        x_ref @ t.reshape(theta.shape).T / cfg.reference_tau, data.train_y[ref]), flat)
+    damped = h + (cfg.damping_fraction * h.trace() / flat.numel() + cfg.weight_decay) * torch.eye(flat.numel(), dtype=h.dtype)
+    scores = -g @ torch.linalg.solve(damped, g_ref)
+    if cfg.relative == "cosine":
+        scores = scores / g.norm(dim=1)
+    elif cfg.relative == "relatif":
+        scores = scores / (g * torch.linalg.solve(damped, g.T).T).sum(1).sqrt()
+    return scores
+
+
+@pytest.mark.parametrize("relative", ["none", "cosine", "relatif"])
+def test_chunked_scores_equal_a_direct_per_example_computation(tiny, relative):
+    """The whole training set scored in chunks (37 rows, so chunks split classes and splits) equals
+    autograd's per-example gradients against a dense solve; relatif, which the static table could
+    not score, included."""
+    from ssl_kd.influence import InfluenceConfig
+
+    model, data = tiny
+    cfg = InfluenceConfig(weight_decay=5e-4, damping_fraction=0.3, reference_tau=4.0, relative=relative)
+    ranking = rank_training_examples(model, data, split="all", cfg=cfg, chunk_size=37)
+    assert ranking.indices.numel() == torch.unique(torch.cat([data.labelled_idx, data.unlabelled_idx])).numel()
+    direct = _direct_scores(model, data, ranking.indices, cfg)
+    assert torch.allclose(ranking.scores.double(), direct, rtol=1e-4, atol=1e-6 * float(direct.abs().max()))
+
+
+def test_scores_and_weights_equal_the_static_table_path(tiny):
+    """Scores and mapped weights equal what the earlier ranking computed (the weighter's static
+    table: fit_static, then weights() of the whole set), for the sigmoid and a dropping map."""
+    import dataclasses
+
+    from ssl_kd.influence import InfluenceConfig, InfluenceWeighter
+    from ssl_kd.trainer.evaluate import predict
+
+    model, data = tiny
+    for cfg in (InfluenceConfig(weight_decay=5e-4, relative="cosine", temperature=3.0),
+                InfluenceConfig(weight_map="quantile", drop=0.3, renormalise=False)):
+        ranking = rank_training_examples(model, data, split="all", cfg=cfg, limit=500, chunk_size=64)
+        idx = ranking.indices
+        logits, f = predict(model, data.train_x[idx], data.policy, 512)
+        _, f_ref = predict(model, data.train_x[data.val_idx], data.policy, 512)
+        static = InfluenceWeighter(dataclasses.replace(cfg, schedule="static", warmup_steps=0))
+        scores = static.fit_static(model.head, f_ref, data.train_y[data.val_idx], f, ranking.targets, idx)
+        weights = static.weights(f, logits, ranking.targets, 0, idx=idx)
+        assert torch.allclose(ranking.scores, scores, rtol=1e-5, atol=1e-7 * float(scores.abs().max()))
+        assert torch.allclose(ranking.weights, weights, rtol=1e-5, atol=1e-6)
+
+
+def test_text_is_run_shortest_first_and_comes_back_in_order():
+    """Token ids go through the network by length (each batch pads only to its own longest
+    sentence) and the logits and features come back in the order asked for."""
+    from ssl_kd.data.types import TextPolicy
+    from ssl_kd.influence.explain import _forward
+    from ssl_kd.trainer.evaluate import predict
+
+    class Bag(torch.nn.Module):  # mean embedding of a row's tokens, trimmed to the batch's longest like hf.py
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head, self.widths = torch.nn.Embedding(50, 6), torch.nn.Linear(6, 3), []
+
+        def forward(self, ids):
+            mask = ids != 0
+            longest = int((mask * torch.arange(1, ids.shape[1] + 1)).max())
+            self.widths.append(longest)
+            ids, mask = ids[:, :longest], mask[:, :longest, None]
+            f = (self.emb(ids) * mask).sum(1) / mask.sum(1)
+            return self.head(f), f
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 31, (100,), generator=gen)
+    x = torch.randint(1, 50, (100, 30), generator=gen) * (torch.arange(30) < lengths[:, None])
+    rows = torch.randperm(100, generator=gen)[:70]
+    model, policy = Bag(), TextPolicy(pad_id=0)
+    logits, feats = _forward(model, x, rows, policy, 8, "", torch.device("cpu"))
+    by_length = model.widths
+    model.widths = []
+    expected = predict(model, x, policy, 8, rows=rows)
+    assert torch.allclose(logits, expected[0], atol=1e-6) and torch.allclose(feats, expected[1], atol=1e-6)
+    assert by_length == sorted(by_length) and sum(by_length) < sum(model.widths)

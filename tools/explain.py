@@ -1,13 +1,14 @@
 """Explain a run: which training examples helped or hurt its model, by influence.
 
-    python tools/explain.py --ckpt runs/<run>/checkpoints/last.pt [--test-index N] [--top 32]
+    python tools/explain.py --ckpt runs/<run>/checkpoints/last.pt [--test-index N] [--top 32] [--limit N]
 
 Writes into <run>/explain/ a PNG grid of the most helpful and most harmful training images (with
 labels, pseudo-labels, scores and weights), a weight histogram and a CSV of every example's
 score and weight; the figures also go to the run's TensorBoard log (<run>/tb, tags explain/...).
 Prints where they are. Plug-ins the run recorded are loaded automatically.
 Influence is measured on the validation split (the labelled split if there is none), or on one
-test example with --test-index. Sign: I < 0 helps (see ssl_kd.influence).
+test example with --test-index. Sign: I < 0 helps (see ssl_kd.influence). A run trained with
+influence weights is scored with its own weights.* estimator. Progress bars on a terminal (--no-progress: none).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ssl_kd.errors import ConfigError, SSLKDError
-from ssl_kd.influence import InfluenceConfig, write_report
+from ssl_kd.influence import write_report
 from ssl_kd.influence.explain import SPLITS
 from ssl_kd.trainer.rundir import os_error_message
 
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="rank a seeded random subset of this many examples (0: all)")
     parser.add_argument("--out", default="", help="output folder (default: <run>/explain)")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not write the figures to TensorBoard")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars while ranking (shown on a terminal only)")
     parser.add_argument("--plugin", action="append", default=[],
                         help="plug-in file or module to load instead of those the run recorded (e.g. one that moved)")
     return parser.parse_args(argv)
@@ -61,15 +63,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run_dir = Path(run.run_dir) if run.run_dir is not None else None
         out = Path(args.out) if args.out else run_dir / "explain"
-        # the head's L2 penalty is part of the curvature the run trained with
-        cfg = InfluenceConfig(weight_decay=float(getattr(run.cfg.train, "weight_decay", 0.0)))
+        from ssl_kd.weighting.influence import run_influence_config
+
+        cfg = run_influence_config(run.cfg)  # a weighted run's own estimator (damping, relative, reference_tau, map)
         writer = None
         if not args.no_tensorboard and run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(run_dir / "tb"))
         try:
-            paths = write_report(model, run.data, out, args.test_index, args.top, args.split, writer, cfg, args.limit)
+            paths = write_report(model, run.data, out, args.test_index, args.top, args.split, writer, cfg=cfg,
+                                 limit=args.limit, progress=not args.no_progress)
         finally:
             if writer is not None:
                 writer.close()

@@ -1,7 +1,8 @@
 """Which training examples helped or hurt a model: ranking by influence and a report with pictures.
 
-The ranking reuses the head-restricted machinery of the weighter (static schedule): training
-examples are scored against the mean validation loss, or against one chosen test example.
+The ranking reuses the head-restricted machinery of the weighter (one solve, then every example's
+score in chunks of matrix products, so the whole training set takes about as long as its forward
+pass): training examples are scored against the mean validation loss, or against one chosen test example.
 Labelled examples are scored with their (possibly flipped) labels, the others with the model's
 own predictions as pseudo-labels (what FixMatch-style training used; a teacher-student run used
 its teacher's targets instead).
@@ -17,14 +18,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from ssl_kd.data.types import SSLData
+from ssl_kd.data.types import SSLData, TextPolicy
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence.errors import InfluenceError
-from ssl_kd.influence.weighter import InfluenceConfig, InfluenceWeighter
+from ssl_kd.influence.weighter import InfluenceConfig, InfluenceWeighter, head_logits
+from ssl_kd.influence.weights import finalise
 from ssl_kd.trainer.evaluate import predict
 
 SPLITS = ("all", "labelled", "unlabelled")
+SCORE_CHUNK_ELEMENTS = 1 << 24  # rows x head parameters per scoring chunk: 128 MB of float64 gradients (relatif)
 
 
 @dataclass
@@ -63,17 +67,22 @@ def training_split(data: SSLData, split: str) -> tuple[Tensor, Tensor]:
 def rank_training_examples(
     model: nn.Module, data: SSLData, test_index: int | None = None, split: str = "all",
     cfg: InfluenceConfig | None = None, limit: int = 0, batch_size: int = 512, seed: int = 0,
+    progress: bool = False, chunk_size: int = 0,
 ) -> Ranking:
     """Score training examples by influence on the validation split (or the labelled split if the
     dataset has none), or on test example `test_index`. `limit` > 0 ranks a seeded random subset.
-    Inputs go through the evaluation path (`predict`: un-augmented, normalised, eval mode)."""
+    Inputs go through the evaluation path (`predict`: un-augmented, normalised, eval mode).
+    One solve (H from every ranked example, g from the reference), then the scores in chunks of
+    `chunk_size` rows (0: as many as keep a chunk's per-example head gradients near 128 MB);
+    `progress` shows bars on a terminal's stderr."""
     if test_index is not None:
         if not 0 <= test_index < data.test_x.shape[0]:
             raise ConfigError(f"--test-index {test_index} is out of range: {data.name} has {data.test_x.shape[0]} test examples")
-        ref_x, ref_y = data.test_x[test_index:test_index + 1], data.test_y[test_index:test_index + 1]
+        ref_source, ref_rows = data.test_x, torch.tensor([test_index])
+        ref_y = data.test_y[test_index:test_index + 1]
     else:
-        ref_idx = data.val_idx if data.val_idx.numel() > 0 else data.labelled_idx
-        ref_x, ref_y = data.train_x[ref_idx], data.train_y[ref_idx]
+        ref_rows = (data.val_idx if data.val_idx.numel() > 0 else data.labelled_idx).cpu()
+        ref_source, ref_y = data.train_x, data.train_y[ref_rows.to(data.train_y.device)]
     idx, labelled = training_split(data, split)
     if 0 < limit < idx.numel():
         keep = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
@@ -81,25 +90,57 @@ def rank_training_examples(
     if not hasattr(model, "head") or not isinstance(model.head, nn.Linear):
         raise InfluenceError("the model has no `head` nn.Linear: explanations need a network following ssl_kd.nets.base.Classifier")
     device = next(model.parameters()).device
-    logits, features = predict(model, data.train_x[idx.to(data.train_x.device)].to(device), data.policy, batch_size)
-    ref_logits, ref_features = predict(model, ref_x.to(device), data.policy, batch_size)
+    logits, features = _forward(model, data.train_x, idx, data.policy, batch_size, "features" if progress else "", device)
+    ref_logits, ref_features = _forward(model, ref_source, ref_rows, data.policy, batch_size, "reference" if progress else "", device)
     if test_index is not None:
         reference = (f"test example {test_index} (label {_name(data, int(ref_y[0]))}, "
                      f"predicted {_name(data, int(ref_logits[0].argmax()))})")
     else:
-        reference = f"the {'validation' if data.val_idx.numel() > 0 else 'labelled'} split ({ref_x.shape[0]} examples)"
+        reference = f"the {'validation' if data.val_idx.numel() > 0 else 'labelled'} split ({ref_rows.numel()} examples)"
     labels = data.train_y[idx.to(data.train_y.device)].to(device)
     pseudo = logits.argmax(1)
     targets = torch.where(labelled.to(device), labels, pseudo)
-    base = cfg or InfluenceConfig()
-    weighter = InfluenceWeighter(dataclasses.replace(base, schedule="static", warmup_steps=0, ema=0.0))
-    dev_idx = idx.to(device)
-    scores = weighter.fit_static(model.head, ref_features, ref_y.to(device), features, targets, dev_idx)
-    weights = weighter.weights(features, logits, targets, 0, idx=dev_idx)
+    # one solve for a set scored once: no schedule, warm-up, or smoothing and accumulation across visits
+    icfg = dataclasses.replace(cfg or InfluenceConfig(), schedule="periodic", warmup_steps=0, ema=0.0, accumulate=False)
+    weighter = InfluenceWeighter(icfg)
+    weighter.refresh(model.head, ref_features, ref_y.to(device), features, 0)
+    scores = _scores(weighter, model.head, features, targets, chunk_size, progress)
+    weighter.reference = scores  # the map's scale: the ranked set's own scores
+    weights = finalise(weighter.preview(scores, targets, idx.to(device)), icfg.renormalise, icfg.min_weight, icfg.max_weight)
     flipped = torch.zeros_like(labelled)
     if data.noisy_idx is not None:
         flipped = torch.isin(idx, data.noisy_idx.cpu())
     return Ranking(idx, scores.cpu(), weights.cpu(), labels.cpu(), targets.cpu(), pseudo.cpu(), labelled, flipped, reference)
+
+
+def _forward(model: nn.Module, x: Any, rows: Tensor, policy: Any, batch_size: int, desc: str,
+             device: torch.device) -> tuple[Tensor, Tensor]:
+    """Logits and features of `model` over x[rows], one batch at a time (`predict`), in `rows`' order.
+    Text is run shortest first: the network trims each batch to its longest sentence, and in index
+    order nearly every batch of a large set holds a long one (on SST-2 most sentences are short)."""
+    if isinstance(x, Tensor) and x.device != device:  # data kept elsewhere than the model: bring the rows over
+        x, rows = x[rows.to(x.device)].to(device), torch.arange(rows.numel())
+    rows = rows.to(x.device)
+    if not isinstance(policy, TextPolicy) or rows.numel() <= batch_size:
+        return predict(model, x, policy, batch_size, rows=rows, desc=desc)
+    lengths = torch.cat([(x[part] != policy.pad_id).sum(1).cpu() for part in rows.split(1 << 16)])
+    order = torch.argsort(lengths, stable=True).to(rows.device)
+    logits, features = predict(model, x, policy, batch_size, rows=rows[order], desc=desc)
+    back = torch.argsort(order).to(logits.device)
+    return logits[back], features[back]
+
+
+def _scores(weighter: InfluenceWeighter, head: nn.Linear, features: Tensor, targets: Tensor, chunk_size: int,
+            progress: bool) -> Tensor:
+    """Every example's score from the weighter's last solve, a chunk of rows at a time (memory stays
+    bounded: relative=relatif forms each row's (C x D+1) head gradient)."""
+    n, params = features.shape[0], head.weight.numel() + (0 if head.bias is None else head.bias.numel())
+    chunk = chunk_size or max(256, SCORE_CHUNK_ELEMENTS // params)
+    starts = range(0, n, chunk)
+    return torch.cat([weighter.scores(features[i:i + chunk], head_logits(head, features[i:i + chunk], torch.float32),
+                                      targets[i:i + chunk])
+                      for i in tqdm(starts, desc="scoring", unit="chunk", disable=None if progress and len(starts) > 1 else True,
+                                    leave=False)])
 
 
 def _name(data: SSLData, label: int) -> str:
@@ -154,31 +195,39 @@ def _histogram_figure(ranking: Ranking) -> Any:
     return fig
 
 
+CSV_COLUMNS = ["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "score", "weight"]
+
+
+def ranked_rows(data: SSLData, ranking: Ranking) -> list[list[Any]]:
+    """One row of CSV_COLUMNS per ranked example, most helpful first (each column read from its
+    tensor once: per-element tensor reads cost seconds on a whole training set)."""
+    order = ranking.order()
+    columns = [getattr(ranking, name)[order].tolist()
+               for name in ("indices", "labelled", "labels", "targets", "pseudo_labels", "flipped", "scores", "weights")]
+    return [[rank, index, "labelled" if labelled else "unlabelled", _name(data, label), _name(data, target),
+             _name(data, pseudo), int(flipped), f"{score:.6e}", f"{weight:.6f}"]
+            for rank, (index, labelled, label, target, pseudo, flipped, score, weight) in enumerate(zip(*columns))]
+
+
 def write_csv(path: Path, data: SSLData, ranking: Ranking) -> None:
     """One row per ranked example, most helpful first."""
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "score", "weight"])
-        for rank, r in enumerate(ranking.order().tolist()):
-            out.writerow([
-                rank, int(ranking.indices[r]), "labelled" if ranking.labelled[r] else "unlabelled",
-                _name(data, int(ranking.labels[r])), _name(data, int(ranking.targets[r])),
-                _name(data, int(ranking.pseudo_labels[r])), int(ranking.flipped[r]),
-                f"{float(ranking.scores[r]):.6e}", f"{float(ranking.weights[r]):.6f}",
-            ])
+        out.writerow(CSV_COLUMNS)
+        out.writerows(ranked_rows(data, ranking))
 
 
 def write_report(
     model: nn.Module, data: SSLData, out_dir: str | Path, test_index: int | None = None, top: int = 32,
     split: str = "all", writer: Any = None, cfg: InfluenceConfig | None = None, limit: int = 0,
-    batch_size: int = 512,
+    batch_size: int = 512, progress: bool = False,
 ) -> dict[str, Path]:
     """Rank, then write a CSV of every example, a weight histogram, and (for images) a PNG grid or
     (for text) a sentence CSV and Markdown table of the `top` most helpful and most harmful examples into `out_dir`; the same figures go to a
-    TensorBoard SummaryWriter if given. Returns the written paths by kind."""
+    TensorBoard SummaryWriter if given; `progress`: bars while ranking (a terminal only). Returns the written paths by kind."""
     if top < 1:
         raise ConfigError(f"--top {top}: show at least one example per side")
-    ranking = rank_training_examples(model, data, test_index, split, cfg, limit, batch_size)
+    ranking = rank_training_examples(model, data, test_index, split, cfg, limit, batch_size, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tag = "val" if test_index is None else f"test{test_index}"

@@ -143,12 +143,14 @@ class HeadCurvature:
         """The (P, P) matrix, P = C D1, row-major layout; O(N P^2) work, for small heads only."""
         c, d = self.shape
         h = torch.zeros(c * d, c * d, dtype=self.f.dtype, device=self.f.device)
-        diag_blocks = torch.einsum("nc,nj,nk->cjk", self.p, self.f, self.f)
-        for k in range(c):
-            h[k * d:(k + 1) * d, k * d:(k + 1) * d] = diag_blocks[k]
-        for start in range(0, self.num_examples, chunk):
-            u = (self.p[start:start + chunk, :, None] * self.f[start:start + chunk, None, :]).reshape(-1, c * d)
+        diag_blocks = torch.zeros(c, d, d, dtype=self.f.dtype, device=self.f.device)
+        for start in range(0, self.num_examples, chunk):  # in chunks: the einsum forms an (N, C, D1) product
+            p, f = self.p[start:start + chunk], self.f[start:start + chunk]
+            diag_blocks += torch.einsum("nc,nj,nk->cjk", p, f, f)
+            u = (p[:, :, None] * f[:, None, :]).reshape(-1, c * d)
             h -= u.T @ u
+        for k in range(c):
+            h[k * d:(k + 1) * d, k * d:(k + 1) * d] += diag_blocks[k]
         return h * (self.scale / self.num_examples)
 
     def kfac_factors(self) -> tuple[Tensor, Tensor]:

@@ -7,23 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from ssl_kd.data.types import SSLData
+from ssl_kd.influence.explain import CSV_COLUMNS, ranked_rows
 
-COLUMNS = ["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "score", "weight", "sentence"]
+COLUMNS = [*CSV_COLUMNS, "sentence"]
 
 
 def _rows(data: SSLData, ranking: Any) -> list[list[str]]:
     """One row per ranked example, most helpful (most negative influence) first."""
     assert data.train_text is not None
-    name = lambda label: data.class_names[label] if label < len(data.class_names) else str(label)  # noqa: E731
-    rows = []
-    for rank, r in enumerate(ranking.order().tolist()):
-        index = int(ranking.indices[r])
-        rows.append([
-            str(rank), str(index), "labelled" if ranking.labelled[r] else "unlabelled", name(int(ranking.labels[r])),
-            name(int(ranking.targets[r])), name(int(ranking.pseudo_labels[r])), str(int(ranking.flipped[r])),
-            f"{float(ranking.scores[r]):.6e}", f"{float(ranking.weights[r]):.6f}", data.train_text[index].strip(),
-        ])
-    return rows
+    return [[*map(str, row), data.train_text[row[1]].strip()] for row in ranked_rows(data, ranking)]
 
 
 def _markdown(rows: list[list[str]], title: str) -> str:

@@ -41,6 +41,35 @@ from ssl_kd.weighting.config import HARD_MAPS, WeightsConfig
 from ssl_kd.weighting.spec import WeightRequest, WeightSpec
 
 
+def influence_config(
+    cfg: WeightsConfig, weight_decay: float, warmup_steps: int = 0, tau: float = 1.0, tau_squared: bool = True,
+    **extra: Any,
+) -> InfluenceConfig:
+    """The estimator and map of the `weights` section as an InfluenceConfig: the one translation
+    of weights.* keys, used by training and by tools/explain.py (`run_influence_config`)."""
+    if cfg.reference_view not in VIEW_NAMES:
+        raise ConfigError(f"weights.reference_view={cfg.reference_view!r}: use one of {', '.join(VIEW_NAMES)}")
+    return InfluenceConfig(
+        schedule=cfg.schedule, refresh_every=cfg.refresh_every, warmup_steps=warmup_steps, weight_map=cfg.map,
+        temperature=cfg.temperature, renormalise=cfg.renormalise and cfg.combine == "multiply" and cfg.map not in HARD_MAPS,
+        max_weight=cfg.max_weight, ema=cfg.ema, reference_tau=cfg.reference_tau, relative=cfg.relative,
+        accumulate=cfg.accumulate, accumulate_prior=cfg.accumulate_prior, damping_fraction=cfg.damping_fraction,
+        weight_decay=weight_decay, tau=tau, tau_squared=tau_squared, drop=cfg.drop, per_class=cfg.per_class, **extra,
+    )
+
+
+def run_influence_config(cfg: Any) -> InfluenceConfig:
+    """The influence settings to explain a run (a Config) with: those its weights trained with
+    (weights.kind=influence, kdaif's default), else the defaults; with the run's weight decay
+    either way (the head's L2 penalty is part of the curvature it trained with). The loss scored
+    stays cross-entropy at temperature 1: explanations score hard labels and pseudo-labels."""
+    weight_decay = float(getattr(cfg.train, "weight_decay", 0.0))
+    weights = getattr(cfg, "weights", None)
+    if weights is None or not weights.active:
+        return InfluenceConfig(weight_decay=weight_decay)
+    return influence_config(weights, weight_decay)
+
+
 class InfluenceWeights:
     active = True
 
@@ -75,20 +104,10 @@ class InfluenceWeights:
 
     # ----- set-up ---------------------------------------------------------------------------------
     def influence_config(self) -> InfluenceConfig:
-        cfg = self.cfg
-        if cfg.reference_view not in VIEW_NAMES:
-            raise ConfigError(f"weights.reference_view={cfg.reference_view!r}: use one of {', '.join(VIEW_NAMES)}")
-        return InfluenceConfig(
-            schedule=cfg.schedule, refresh_every=cfg.refresh_every,
-            warmup_steps=round(cfg.warmup * self.ctx.total_steps), weight_map=cfg.map, temperature=cfg.temperature,
-            renormalise=cfg.renormalise and cfg.combine == "multiply" and cfg.map not in HARD_MAPS,
-            max_weight=cfg.max_weight, ema=cfg.ema, reference_tau=cfg.reference_tau, relative=cfg.relative,
-            accumulate=cfg.accumulate, accumulate_prior=cfg.accumulate_prior, damping_fraction=cfg.damping_fraction,
-            weight_decay=self.ctx.train_cfg.weight_decay, tau=self.spec.tau, tau_squared=self.spec.tau_squared,
-            drop=cfg.drop, per_class=cfg.per_class,
-            # per-index tables of the dataset's size; fit_static scores the whole pool every batch is drawn from
-            index_size=self.ctx.data.train_y.numel(), check_lookups=False,
-        )
+        return influence_config(self.cfg, self.ctx.train_cfg.weight_decay, round(self.cfg.warmup * self.ctx.total_steps),
+                                self.spec.tau, self.spec.tau_squared,
+                                # per-index tables of the dataset's size; fit_static scores the whole pool every batch is drawn from
+                                index_size=self.ctx.data.train_y.numel(), check_lookups=False)
 
     def pick_reference(self) -> tuple[Tensor, str]:
         data, ref = self.ctx.data, self.cfg.reference
