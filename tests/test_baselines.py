@@ -136,7 +136,7 @@ def tiny(algo_cls, cfg, dataset_size: int = 6):  # type: ignore[no-untyped-def]
     (probabilities 1/2 for their class 0, then 1/3 for class 2) and two unlabelled ones whose weak
     views give probabilities (0.8, 0.1, 0.1) and (0.25, 0.5, 0.25), and strong views uniform and (0.2, 0.6, 0.2)."""
     data = SimpleNamespace(unlabelled_idx=torch.arange(dataset_size), train_y=torch.zeros(dataset_size, dtype=torch.long),
-                           modality="image", name="tiny")
+                           modality="image", name="tiny", task="classification", is_regression=False)
     ctx = Context(num_classes=3, total_steps=10, device=torch.device("cpu"), data=data, train_cfg=None)
     log = math.log
     batch = Batch(x_l={"weak": torch.tensor([[log(2), 0, 0], [0, 0, 0]])}, y_l=torch.tensor([0, 2]), idx_l=torch.tensor([0, 1]),
