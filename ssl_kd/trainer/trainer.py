@@ -22,7 +22,6 @@ from tqdm import tqdm
 from ssl_kd.algorithm import Algorithm, Batch, Context
 from ssl_kd.augment.views import make_view
 from ssl_kd.config import Config
-from ssl_kd.data.build import class_form_hint
 from ssl_kd.data.draws import KeyedDraws, example_keys
 from ssl_kd.data.feed import StepFeed
 from ssl_kd.data.placement import place_data
@@ -95,9 +94,6 @@ class Trainer:
             autocast=self.autocast,
         )
         self.algorithm: Algorithm = algo_cls(self.forward_model, cfg.algo, ctx)
-        if self.data.is_regression and cfg.weights.kind != "none":  # weights score class-probability targets
-            raise ConfigError(f"weights.kind={cfg.weights.kind} weighs class-probability targets and {t.dataset} is a "
-                              f"regression task; use weights.kind=none{class_form_hint(t.dataset)}")
         self.algorithm.weights = build_weights(cfg.weights, self.algorithm)
         self.applied: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # weights, correct, unseen-class since the last evaluation
         if self.algorithm.needs_unlabelled and not self.data.has_unlabelled:

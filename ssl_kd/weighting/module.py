@@ -46,7 +46,12 @@ def build_weights(cfg: WeightsConfig, algorithm: Any) -> Any:
     """The weighting module `cfg` asks for, attached to `algorithm` (which must take weights)."""
     if not cfg.active:
         return NoWeights()
-    name = algorithm.ctx.train_cfg.algo
+    name, data = algorithm.ctx.train_cfg.algo, algorithm.ctx.data
+    if data.is_regression:  # every kind scores class-probability targets
+        from ssl_kd.data.build import class_form_hint
+
+        raise ConfigError(f"weights.kind={cfg.kind} weighs class-probability targets and {data.name} is a "
+                          f"regression task; use weights.kind=none{class_form_hint(data.name)}")
     if not type(algorithm).takes_weights:
         raise ConfigError(f"algorithm {name!r} has no per-example terms to weight (weights.kind={cfg.kind}); "
                           "set weights.kind=none or pick an algorithm that takes weights (tools/train.py --list)")
