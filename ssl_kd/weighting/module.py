@@ -5,6 +5,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ssl_kd.data.build import class_form_hint
 from ssl_kd.errors import ConfigError
 from ssl_kd.weighting.config import WeightsConfig
 from ssl_kd.weighting.spec import WeightRequest
@@ -48,8 +49,6 @@ def build_weights(cfg: WeightsConfig, algorithm: Any) -> Any:
         return NoWeights()
     name, data = algorithm.ctx.train_cfg.algo, algorithm.ctx.data
     if data.is_regression:  # every kind scores class-probability targets
-        from ssl_kd.data.build import class_form_hint
-
         raise ConfigError(f"weights.kind={cfg.kind} weighs class-probability targets and {data.name} is a "
                           f"regression task; use weights.kind=none{class_form_hint(data.name)}")
     if not type(algorithm).takes_weights:
