@@ -243,23 +243,23 @@ def train(cfg: Config, run_dir: Path, ckpt: Path | None = None, plugins: list[di
     """Train one run in `run_dir` (locked for the run's lifetime by rank 0, which alone writes it);
     a start that fails before the first step leaves no run folder behind. `fork`: `ckpt` continues
     in `run_dir`, a new folder, rather than in its own."""
-    dist, device = distributed.init_from_env(pick_device(cfg.train.device), cfg.train.dist_timeout_s)
-    distributed.check_batch(dist, cfg.train.batch_size)
-    data = build_data(cfg)
-    validate_for_data(cfg, data)
-    in_place = ckpt is not None and not fork
-    folder = RunDir(run_dir, resume=in_place, overwrite=overwrite) if dist.is_main else None
-    try:
+    with distributed.process_group(pick_device(cfg.train.device), cfg.train.dist_timeout_s) as (dist, device):
+        distributed.check_batch(dist, cfg.train.batch_size)
+        data = build_data(cfg)
+        validate_for_data(cfg, data)
+        in_place = ckpt is not None and not fork
+        folder = RunDir(run_dir, resume=in_place, overwrite=overwrite) if dist.is_main else None
         try:
-            trainer = start_run(cfg, data, device, run_dir, ckpt, plugins or [], dist, run_id or new_run_id(), in_place)
-        except BaseException:
+            try:
+                trainer = start_run(cfg, data, device, run_dir, ckpt, plugins or [], dist, run_id or new_run_id(), in_place)
+            except BaseException:
+                if folder is not None:
+                    folder.discard()
+                raise
+            return run_loop(cfg, trainer, run_dir, in_place, dist)
+        finally:
             if folder is not None:
-                folder.discard()
-            raise
-        return run_loop(cfg, trainer, run_dir, in_place, dist)
-    finally:
-        if folder is not None:
-            folder.close()
+                folder.close()
 
 
 def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | None,

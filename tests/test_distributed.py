@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -365,6 +366,33 @@ def test_collective_helpers_on_two_gloo_processes(tmp_path: Path) -> None:
     assert "the loss first became non-finite at step 1" in res[1]["guard"]
     waited, kind = res[0]["timeout"]
     assert kind in ("RuntimeError", "DistBackendError") and waited < 6
+
+
+def _group_worker(rank: int, port: int, out: str) -> None:
+    """process_group on two gloo processes: the group it creates is gone after the block (a
+    collective inside works); one that existed before is left to its owner."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    res: dict = {}
+    with distributed.process_group(torch.device("cpu"), timeout_s=30) as (info, _):
+        x = torch.full((1,), float(rank))
+        dist.all_reduce(x)
+        res["inside"] = (info.rank, info.world_size, x.item(), dist.is_initialized())
+    res["after"] = dist.is_initialized()
+    dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+    with distributed.process_group(torch.device("cpu"), timeout_s=30) as (info, _):
+        pass
+    res["theirs_kept"] = dist.is_initialized()
+    dist.destroy_process_group()
+    torch.save(res, f"{out}/{rank}.pt")
+
+
+def test_process_group_destroys_what_it_created_and_only_that(tmp_path: Path) -> None:
+    """tools/train.py destroys its process group before interpreter teardown, where gloo's threads
+    could abort a run that had succeeded (SIGABRT, seen in CI); a caller's own group survives."""
+    mp.spawn(_group_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        res = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
+        assert res == {"inside": (rank, 2, 1.0, True), "after": False, "theirs_kept": True}
 
 
 def _worker_pid(launcher: int, rank: int) -> int:

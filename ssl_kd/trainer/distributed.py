@@ -128,6 +128,27 @@ def init_from_env(device: torch.device, timeout_s: float = 600.0) -> tuple[DistI
     return info, device
 
 
+@contextmanager
+def process_group(device: torch.device, timeout_s: float = 600.0) -> Iterator[tuple[DistInfo, torch.device]]:
+    """init_from_env for the block, then the group it created destroyed while the interpreter is
+    still whole: left to interpreter teardown, gloo's worker threads can abort the process
+    ("terminate called without an active exception", SIGABRT) after a run that succeeded.
+    A group that existed before the block (a caller's own) is left alone."""
+    created = not (dist.is_available() and dist.is_initialized())
+    info, device = init_from_env(device, timeout_s)
+    try:
+        yield info, device
+    except BaseException:
+        if created and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - after a peer's failure; the run's own error is the one to report
+                pass
+        raise
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def check_batch(info: DistInfo, batch_size: int) -> None:
     """The global batch B must split evenly (mu * B then does too)."""
     if batch_size % info.world_size:
