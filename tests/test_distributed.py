@@ -378,7 +378,8 @@ def _group_worker(rank: int, port: int, out: str) -> None:
         dist.all_reduce(x)
         res["inside"] = (info.rank, info.world_size, x.item(), dist.is_initialized())
     res["after"] = dist.is_initialized()
-    dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+    # the caller's own group, through a file (the first group's port may still be held)
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2, timeout=timedelta(seconds=30))
     with distributed.process_group(torch.device("cpu"), timeout_s=30) as (info, _):
         pass
     res["theirs_kept"] = dist.is_initialized()
