@@ -87,3 +87,23 @@ def make_aligner(kind: str, momentum: float, ctx: Any) -> DistAlign | None:
         return DistAlign(torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device), momentum)
     labels = ctx.data.train_y[ctx.data.labelled_idx].to(ctx.device)
     return DistAlign(labelled_marginal(labels, ctx.num_classes), momentum)
+
+
+class PredictionAlign(DistAlign):
+    """AdaMatch's alignment (Berthelot et al., ICLR 2022): the target marginal is not fixed but an
+    EMA, started uniform, of the model's mean prediction on the labelled batch (USB's
+    DistAlignEMAHook with p_target_type='model'); p_model follows the unlabelled batch as above."""
+
+    def __init__(self, num_classes: int, momentum: float, device: torch.device | str = "cpu") -> None:
+        super().__init__(torch.full((num_classes,), 1.0 / num_classes, device=device), momentum)
+
+    def update_target(self, probs_labelled: torch.Tensor) -> None:
+        mean = gather_cat(probs_labelled.detach().float()).mean(0)
+        self.target = self.momentum * self.target + (1 - self.momentum) * mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "target": self.target.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.target = restore_tensor(state, "target", self.target, "distribution-alignment")

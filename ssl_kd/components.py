@@ -21,7 +21,10 @@ def forward_concat(model: nn.Module, *xs: torch.Tensor) -> list[tuple[torch.Tens
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example cross-entropy against target distributions (N, C)."""
+    """Per-example cross-entropy against class labels (N,) or target distributions (N, C)
+    (Dash, AdaMatch and DeFixMatch switch between the two)."""
+    if targets.dim() == 1:
+        return F.cross_entropy(logits.float(), targets, reduction="none")
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1)
 
 
@@ -80,3 +83,20 @@ def hard_pseudo_labels(logits: torch.Tensor, thresholder: Thresholder, idx: torc
 def masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over all examples of loss * mask (FixMatch normalises by the batch, not the mask count)."""
     return (loss * mask).mean()
+
+
+class RelativeThresholder(Thresholder):
+    """AdaMatch's relative confidence threshold: `threshold` times the mean confidence of the
+    current labelled batch (the global batch under torchrun), set by `observe_labelled` each step."""
+
+    def __init__(self, threshold: float, num_classes: int) -> None:
+        super().__init__(threshold, num_classes)
+        self.cutoff = torch.tensor(threshold)
+
+    def observe_labelled(self, probs_labelled: torch.Tensor) -> None:
+        from ssl_kd.trainer.distributed import gather_cat  # components sit below the trainer's helpers
+
+        self.cutoff = self.threshold * gather_cat(probs_labelled.detach().float()).max(-1).values.mean()
+
+    def mask(self, probs: torch.Tensor) -> torch.Tensor:
+        return (probs.max(-1).values >= self.cutoff).float()

@@ -1,0 +1,208 @@
+"""Pi-Model, Dash, AdaMatch and DeFixMatch (issue 29): losses computed by hand on a tiny batch,
+unsupervised gradients that reach the trained side only, state that survives a checkpoint, exact
+resume, and AdaMatch's statistics kept over the global batch under two gloo processes. Training
+two steps (image and text) is covered for every algorithm in test_trainer.py and test_text_train.py.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ssl_kd.algorithm import Batch
+from ssl_kd.algorithms.adamatch import AdaMatch, AdaMatchConfig
+from ssl_kd.algorithms.dash import Dash, DashConfig
+from ssl_kd.algorithms.defixmatch import DeFixMatch, DeFixMatchConfig
+from ssl_kd.algorithms.pimodel import PiModel, PiModelConfig
+from ssl_kd.align import PredictionAlign
+from ssl_kd.components import RelativeThresholder
+from ssl_kd.errors import ConfigError
+from ssl_kd.trainer import distributed
+from ssl_kd.augment.views import make_view
+from tests.conftest import make_trainer, run_steps, step_losses
+from tests.test_baselines import SUP, algorithm_state_equal, tiny
+from tests.test_distributed import _free_port
+
+log = math.log
+# tiny()'s unlabelled weak views: probabilities (0.8, 0.1, 0.1) and (0.25, 0.5, 0.25); strong: uniform and (0.2, 0.6, 0.2)
+WEAK = [[0.8, 0.1, 0.1], [0.25, 0.5, 0.25]]
+STRONG = [[1 / 3] * 3, [0.2, 0.6, 0.2]]
+
+
+def ce(target: list[float], probs: list[float]) -> float:
+    return -sum(t * log(p) for t, p in zip(target, probs) if t > 0)
+
+
+def test_pimodel_loss_by_hand():
+    algo, batch = tiny(PiModel, PiModelConfig(lambda_u=10.0, rampup_fraction=0.5))
+    batch.x_u["weak_2"] = batch.x_u["strong"]  # the second weak draw: uniform and (0.2, 0.6, 0.2)
+    algo.step = 2  # ramp 2 / (0.5 * 10) = 0.4
+    out = algo.train_step(batch)
+    sq = [sum((p - q) ** 2 for p, q in zip(a, b)) / 3 for a, b in zip(WEAK, STRONG)]
+    assert out.loss.item() == pytest.approx(SUP + 10.0 * 0.4 * sum(sq) / 2)
+    assert out.logs["train/unsup_weight"] == pytest.approx(4.0)
+
+
+def test_pimodel_trains_the_first_view_only():
+    algo, batch = tiny(PiModel, PiModelConfig())
+    a = batch.x_u["weak"].clone().requires_grad_(True)
+    b = batch.x_u["strong"].clone().requires_grad_(True)
+    algo.consistency(a, b).backward()
+    assert a.grad.abs().sum() > 0 and b.grad is None
+
+
+def dash_at(step: int, rho_hat: float, **cfg: float) -> tuple[Dash, Batch]:
+    algo, batch = tiny(Dash, DashConfig(warmup_fraction=0.1, update_fraction=0.2, **cfg))  # 10 steps: warm-up 1, update every 2
+    algo.rho_hat, algo.step = rho_hat, step
+    return algo, batch
+
+
+def test_dash_threshold_shrinks_by_gamma_per_update_down_to_rho_min():
+    algo, _ = dash_at(1, 2.0, gamma=2.0, c=1.0, rho_min=0.3)
+    assert algo.rho() == 2.0 and not algo.hard_labels()
+    algo.step = 3  # (3 - 1) // 2 = 1 update
+    assert algo.rho() == 1.0
+    algo.step = 7  # 3 updates: 0.25 is below the floor
+    assert algo.rho() == 0.3 and algo.hard_labels()
+
+
+def test_dash_loss_by_hand_with_soft_then_hard_targets():
+    # soft targets: softmax(logits / 0.5) of the weak views, i.e. p^2 renormalised
+    sharp = [[p * p / sum(q * q for q in row) for p in row] for row in WEAK]
+    own = [ce(t, p) for t, p in zip(sharp, WEAK)]  # the weak view's loss against its own target decides the mask
+    rho = (own[0] + own[1]) / 2  # between the two: only the first passes
+    algo, batch = dash_at(1, rho / 1.0001)
+    out = algo.train_step(batch)
+    assert out.mask.tolist() == [1.0, 0.0]
+    assert out.loss.item() == pytest.approx(SUP + ce(sharp[0], STRONG[0]) / 2)
+    algo, batch = dash_at(9, 0.01, rho_min=0.3)  # at the floor: hard labels, own loss -log p_max; 0.3 > -log 0.8
+    out = algo.train_step(batch)
+    assert out.mask.tolist() == [1.0, 0.0]
+    assert out.loss.item() == pytest.approx(SUP + log(3) / 2)
+
+
+def test_dash_warms_up_supervised_then_measures_rho_hat_on_the_labelled_split(tmp_path):
+    trainer = make_trainer(tmp_path, "dash", 20, "--set", "algo.warmup_fraction=0.1")
+    algo = trainer.algorithm
+    warm = run_steps(trainer, 2)  # two warm-up steps: the labelled loss alone, nothing measured yet
+    assert algo.rho_hat is None and all(set(o.logs) == {"loss/sup"} and o.mask is None for o in warm)
+    data = trainer.data
+    trainer.model.eval()
+    with torch.no_grad():
+        logits, _ = trainer.model(make_view("none", data.train_x[data.labelled_idx], data.policy))
+    trainer.model.train()
+    expected = torch.nn.functional.cross_entropy(logits, data.train_y[data.labelled_idx]).item()
+    out = run_steps(trainer, 1)[0]
+    assert algo.rho_hat == pytest.approx(expected, rel=1e-5)
+    assert out.logs["train/rho"] == pytest.approx(1.0001 * expected, rel=1e-5) and out.mask is not None
+
+
+def test_dash_rejects_bad_settings(tmp_path):
+    with pytest.raises(ConfigError, match="gamma"):
+        make_trainer(tmp_path, "dash", 4, "--set", "algo.gamma=1.0")
+
+
+def test_relative_threshold_is_tau_times_the_mean_labelled_confidence():
+    th = RelativeThresholder(0.9, 3)
+    th.observe_labelled(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]]))  # mean confidence 0.6: cutoff 0.54
+    assert th.cutoff.item() == pytest.approx(0.54)
+    assert th.mask(torch.tensor([[0.55, 0.4, 0.05], [0.5, 0.3, 0.2]])).tolist() == [1.0, 0.0]
+
+
+def test_prediction_alignment_targets_the_labelled_predictions_ema():
+    da = PredictionAlign(2, momentum=0.5)
+    da.update_target(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))  # target 0.5 * (0.5, 0.5) + 0.5 * (1, 0) = (0.75, 0.25)
+    torch.testing.assert_close(da.target, torch.tensor([0.75, 0.25]))
+    aligned = da(torch.tensor([[0.5, 0.5]]))  # p_model = the first batch's mean (0.5, 0.5)
+    torch.testing.assert_close(aligned, torch.tensor([[0.75, 0.25]]), rtol=1e-5, atol=1e-6)
+    state = da.state_dict()
+    other = PredictionAlign(2, momentum=0.5)
+    other.load_state_dict(state)
+    assert torch.equal(other.target, da.target) and torch.equal(other.p_model, da.p_model)
+
+
+def test_adamatch_loss_by_hand():
+    algo, batch = tiny(AdaMatch, AdaMatchConfig(threshold=0.9, stats_ema=0.0))
+    out = algo.train_step(batch)
+    # labelled probabilities (1/2, 1/4, 1/4) and uniform: target (the EMA at momentum 0) their mean (5/12, 7/24, 7/24);
+    # p_model the unlabelled mean (0.525, 0.3, 0.175); cutoff 0.9 * mean(1/2, 1/3) = 0.375
+    target, p_model = [5 / 12, 7 / 24, 7 / 24], [0.525, 0.3, 0.175]
+    aligned = []
+    for row in WEAK:
+        r = [p * (t + 1e-6) / (m + 1e-6) for p, t, m in zip(row, target, p_model)]
+        aligned.append([v / sum(r) for v in r])
+    assert algo.thresholder.cutoff.item() == pytest.approx(0.375)
+    conf = [max(r) for r in aligned]
+    expected_mask = [float(c >= 0.375) for c in conf]
+    assert out.mask.tolist() == expected_mask and expected_mask == [1.0, 1.0]
+    pseudo = [r.index(max(r)) for r in aligned]
+    assert out.pseudo_labels.tolist() == pseudo == [0, 1]
+    assert out.loss.item() == pytest.approx(SUP + (log(3) - log(0.6)) / 2, rel=1e-5)
+
+
+def test_defixmatch_loss_by_hand():
+    algo, batch = tiny(DeFixMatch, DeFixMatchConfig(threshold=0.45, lambda_u=0.5))
+    # labelled strong views: (0.2, 0.6, 0.2) for the first (label 0), uniform for the second (label 2)
+    batch.x_l["strong"] = torch.tensor([[0, log(3), 0], [0, 0, 0]])
+    out = algo.train_step(batch)
+    sup = (SUP + (-log(0.2) + log(3)) / 2) / 2
+    unsup = (log(3) - log(0.6)) / 2  # both weak views pass 0.45 (0.8 and 0.5): labels 0 and 1
+    anti = -log(0.2) / 2  # labelled weak views: (1/2, 1/4, 1/4) passes as class 0 (its strong view gives 0.2), uniform does not
+    assert out.loss.item() == pytest.approx(sup + 0.5 * (unsup - anti))
+    assert out.logs["loss/anti_unsup"].item() == pytest.approx(anti)
+
+
+@pytest.mark.parametrize("algo,extra", [("pimodel", ()), ("dash", ("--set", "algo.warmup_fraction=0.2")),
+                                        ("adamatch", ()), ("defixmatch", ("--set", "algo.threshold=0.3"))])
+def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
+    first = make_trainer(tmp_path, algo, 6, *extra)
+    step_losses(first, 3)
+    first.save()
+    expected = step_losses(first, 3)
+    resumed = make_trainer(tmp_path, algo, 6, *extra)
+    torch.manual_seed(1234)  # the checkpoint's RNG state must win
+    resumed.load(first.run_dir / "checkpoints" / "last.pt")
+    assert step_losses(resumed, 3) == expected
+    assert algorithm_state_equal(resumed.algorithm.state_dict(), first.algorithm.state_dict())
+
+
+# ----- AdaMatch's statistics under torchrun: the global batch, not each rank's half ----------------------------
+
+def _adamatch_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+
+
+def _adamatch_statistics(lx: torch.Tensor, luw: torch.Tensor, lus: torch.Tensor) -> dict:
+    algo, _ = tiny(AdaMatch, AdaMatchConfig(threshold=0.7, stats_ema=0.5))
+    algo.ctx.num_classes = 4
+    algo.aligner = PredictionAlign(4, 0.5)
+    algo.thresholder = RelativeThresholder(0.7, 4)
+    for _ in range(2):
+        algo.unsup_loss(lx, luw, lus)
+    _, pseudo, mask = algo.unsup_loss(lx, luw, lus)
+    return {"target": algo.aligner.target, "p_model": algo.aligner.p_model, "cutoff": algo.thresholder.cutoff,
+            "pseudo": pseudo, "mask": mask}
+
+
+def _adamatch_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_from_env(torch.device("cpu"), timeout_s=30)
+    part = slice(4 * rank, 4 * rank + 4)
+    torch.save(_adamatch_statistics(*(t[part] for t in _adamatch_batch())), f"{out}/{rank}.pt")
+    os._exit(0)  # no gloo teardown (see test_distributed)
+
+
+def test_adamatch_two_processes_keep_the_global_batch_statistics(tmp_path: Path) -> None:
+    one = _adamatch_statistics(*_adamatch_batch())
+    mp.spawn(_adamatch_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        res = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
+        for key in ("target", "p_model", "cutoff"):
+            torch.testing.assert_close(res[key], one[key])
+        part = slice(4 * rank, 4 * rank + 4)
+        assert torch.equal(res["pseudo"], one["pseudo"][part]) and torch.equal(res["mask"], one["mask"][part])
