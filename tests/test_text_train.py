@@ -38,13 +38,23 @@ def params_changed(trainer, steps: int) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
-@pytest.mark.parametrize("algo", [n for n in ALGORITHMS.names() if not getattr(ALGORITHMS.get(n), "needs_teacher_ckpt", False)])
+SSL_ALGOS = [n for n in ALGORITHMS.names() if not getattr(ALGORITHMS.get(n), "needs_teacher_ckpt", False)]
+IMAGE_ONLY = [n for n in SSL_ALGOS if "text" not in ALGORITHMS.get(n).modalities]  # mixing or perturbing pixels
+
+
+@pytest.mark.parametrize("algo", [n for n in SSL_ALGOS if n not in IMAGE_ONLY])
 def test_every_algorithm_trains_on_text_in_ssl_mode(tmp_path, text_env, algo):
     trainer = make_text_trainer(text_env, tmp_path, algo, 2)
     assert trainer.data.modality == "text"
     assert params_changed(trainer, 2)
     row = trainer.evaluate()
     assert row["accuracy"] == pytest.approx(row["top1"])
+
+
+@pytest.mark.parametrize("algo", IMAGE_ONLY)
+def test_image_only_algorithms_refuse_text_in_one_line(tmp_path, text_env, algo):
+    with pytest.raises(ConfigError, match=f"algorithm {algo!r} cannot train on text data"):
+        make_text_trainer(text_env, tmp_path, algo, 2)
 
 
 @pytest.mark.parametrize("algo", TEACHER_ALGOS)

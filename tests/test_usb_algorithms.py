@@ -1,4 +1,4 @@
-"""Pi-Model, Dash, AdaMatch and DeFixMatch (issue 29): losses computed by hand on a tiny batch,
+"""Pi-Model, Dash, AdaMatch, DeFixMatch, MixMatch and VAT (issue 29): losses computed by hand on a tiny batch,
 unsupervised gradients that reach the trained side only, state that survives a checkpoint, exact
 resume, and AdaMatch's statistics kept over the global batch under two gloo processes. Training
 two steps (image and text) is covered for every algorithm in test_trainer.py and test_text_train.py.
@@ -17,7 +17,9 @@ from ssl_kd.algorithm import Batch
 from ssl_kd.algorithms.adamatch import AdaMatch, AdaMatchConfig
 from ssl_kd.algorithms.dash import Dash, DashConfig
 from ssl_kd.algorithms.defixmatch import DeFixMatch, DeFixMatchConfig
+from ssl_kd.algorithms.mixmatch import MixMatch, MixMatchConfig
 from ssl_kd.algorithms.pimodel import PiModel, PiModelConfig
+from ssl_kd.algorithms.vat import VAT, VATConfig, entropy, kl_from_logits, l2_normalise
 from ssl_kd.align import PredictionAlign
 from ssl_kd.components import RelativeThresholder
 from ssl_kd.errors import ConfigError
@@ -156,8 +158,93 @@ def test_defixmatch_loss_by_hand():
     assert out.logs["loss/anti_unsup"].item() == pytest.approx(anti)
 
 
+def test_mixmatch_loss_by_hand():
+    algo, batch = tiny(MixMatch, MixMatchConfig(temperature=0.5, lambda_u=100.0, rampup_fraction=0.5))
+    batch.x_u["weak_2"] = batch.x_u["strong"]  # the second weak draw
+    algo.step = 1  # ramp 1 / 5
+    algo.draw_mixup = lambda n, device: (0.75, torch.tensor([1, 0, 2, 3, 5, 4]))  # swap the labelled pair and the second guesses
+    out = algo.train_step(batch)
+    # guesses: mean of the two views' probabilities, squared and renormalised
+    mean = [[(a + b) / 2 for a, b in zip(w, s)] for w, s in zip(WEAK, STRONG)]
+    guess = [[v * v / sum(u * u for u in row) for v in row] for row in mean]
+    onehot = [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    inputs = [[0.5, 0.25, 0.25], [1 / 3] * 3, WEAK[0], WEAK[1], STRONG[0], STRONG[1]]  # LogitsAreInputs: x are logits
+    logits_in = [[log(p) for p in row] for row in inputs]
+    targets = onehot + guess + guess
+    perm = [1, 0, 2, 3, 5, 4]
+    mixed_x = [[0.75 * a + 0.25 * b for a, b in zip(logits_in[i], logits_in[perm[i]])] for i in range(6)]
+    mixed_y = [[0.75 * a + 0.25 * b for a, b in zip(targets[i], targets[perm[i]])] for i in range(6)]
+    probs = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in mixed_x]
+    sup = sum(ce(t, p) for t, p in zip(mixed_y[:2], probs[:2])) / 2
+    unsup = sum(sum((p - t) ** 2 for p, t in zip(pr, ty)) / 3 for pr, ty in zip(probs[2:], mixed_y[2:])) / 4
+    assert out.loss.item() == pytest.approx(sup + 100.0 * 0.2 * unsup, rel=1e-5)
+    assert out.pseudo_labels.tolist() == [0, 1]
+
+
+def test_mixmatch_lambda_is_folded_above_one_half():
+    algo, _ = tiny(MixMatch, MixMatchConfig(alpha=0.5))
+    torch.manual_seed(0)
+    draws = [algo.draw_mixup(4, torch.device("cpu")) for _ in range(50)]
+    assert all(0.5 <= lam <= 1.0 for lam, _ in draws) and len({lam for lam, _ in draws}) > 1
+    assert all(sorted(p.tolist()) == [0, 1, 2, 3] for _, p in draws)
+
+
+class _Linear(torch.nn.Module):
+    """logits = W x (no bias), features = x: a network whose KL curvature is known in closed form."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flatten(1) @ self.w.T, x.flatten(1)
+
+
+def test_vat_power_iteration_finds_the_curvature_direction():
+    """For logits W x, KL(p(x) || p(x + d)) ~ d^T W^T (diag q - q q^T) W d / 2, so one power iteration
+    from d gives the direction of W^T (diag q - q q^T) W d: compare with that closed form."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 5, dtype=torch.float64)
+    algo, _ = tiny(VAT, VATConfig(eps=2.0, xi=1e-4))
+    net = _Linear(w)
+    x, d = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    r = algo.adversarial_perturbation(net, x, d)
+    assert net.w.grad is None  # gradients with respect to d only
+    torch.testing.assert_close(r.norm(dim=1), torch.full((4,), 2.0, dtype=torch.float64))
+    q = torch.softmax(x @ w.T, dim=-1)
+    expected = []
+    for qi, di in zip(q, l2_normalise(d)):
+        h = w.T @ (torch.diag(qi) - torch.outer(qi, qi)) @ w
+        expected.append(h @ di)
+    torch.testing.assert_close(r, 2.0 * l2_normalise(torch.stack(expected)), rtol=1e-3, atol=1e-4)
+
+
+def test_vat_loss_by_hand_and_the_adversarial_direction_beats_a_random_one():
+    torch.manual_seed(1)
+    w = torch.randn(3, 5, dtype=torch.float64)
+    algo, _ = tiny(VAT, VATConfig(eps=0.5, xi=1e-4))
+    net = _Linear(w)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    r = algo.adversarial_perturbation(net, x, torch.randn_like(x))
+    q_logits = x @ w.T
+    random_r = 0.5 * l2_normalise(torch.randn_like(x))
+    assert kl_from_logits(q_logits, (x + r) @ w.T) > kl_from_logits(q_logits, (x + random_r) @ w.T)
+    p = torch.softmax(q_logits, -1)
+    assert entropy(q_logits).item() == pytest.approx(-(p * p.log()).sum(-1).mean().item())
+    assert kl_from_logits(q_logits, q_logits).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_vat_and_mixmatch_refuse_text_and_bad_settings(tmp_path):
+    with pytest.raises(ConfigError, match="eps"):
+        make_trainer(tmp_path / "v", "vat", 4, "--set", "algo.eps=-1")
+    with pytest.raises(ConfigError, match="alpha"):
+        make_trainer(tmp_path / "m", "mixmatch", 4, "--set", "algo.alpha=0")
+    assert VAT.modalities == ("image",) and MixMatch.modalities == ("image",)
+
+
 @pytest.mark.parametrize("algo,extra", [("pimodel", ()), ("dash", ("--set", "algo.warmup_fraction=0.2")),
-                                        ("adamatch", ()), ("defixmatch", ("--set", "algo.threshold=0.3"))])
+                                        ("adamatch", ()), ("defixmatch", ("--set", "algo.threshold=0.3")),
+                                        ("mixmatch", ()), ("vat", ())])
 def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
     first = make_trainer(tmp_path, algo, 6, *extra)
     step_losses(first, 3)
