@@ -99,6 +99,14 @@ class Algorithm:
         check_modality(type(self), ctx.data, name)
         check_task(type(self), ctx.data, name)
 
+    @classmethod
+    def extra_heads(cls, num_features: int, data: SSLData) -> dict[str, nn.Module]:
+        """Trainable modules the algorithm adds to the network by name (OpenMatch's one-vs-all
+        classifiers), reading its features. They are attached before the optimiser, the EMA, DDP and
+        checkpoints are made, so they train, average, synchronise and resume with the network;
+        `plain_module(self.model).<name>` reaches them in a step."""
+        return {}
+
     @property
     def needs_unlabelled(self) -> bool:
         return bool(self.unlabelled_views)

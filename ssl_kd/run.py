@@ -186,6 +186,15 @@ def build_network(name: str, data: SSLData) -> nn.Module:
     return factory(data.num_outputs, in_channels) if in_channels else factory(data.num_outputs)
 
 
+def build_model(train_cfg: Any, data: SSLData) -> nn.Module:
+    """The network a run trains: `train.net` plus the heads its algorithm adds
+    (`Algorithm.extra_heads`), attached before the optimiser, the EMA, DDP and checkpoints see it."""
+    model = build_network(train_cfg.net, data)
+    for name, head in algorithm_class(train_cfg.algo).extra_heads(model.num_features, data).items():
+        model.add_module(name, head)
+    return model
+
+
 def config_summary(cfg: Config) -> str:
     t = cfg.train
     return (f"algo={t.algo} dataset={t.dataset} net={t.net} steps={t.steps} batch={t.batch_size} "
@@ -220,11 +229,11 @@ def load_run(path: str | Path, device: str = "auto", data_dir: str = "", plugins
     if data_dir:
         cfg.train.data_dir = data_dir
     data = build_data(cfg).to(dev)
-    model = build_network(cfg.train.net, data).to(dev)
+    model = build_model(cfg.train, data).to(dev)
     load_module_state(model, state["model"], "model", ckpt)
     ema_model = None
     if state.get("ema") is not None:
-        ema_model = build_network(cfg.train.net, data).to(dev)
+        ema_model = build_model(cfg.train, data).to(dev)
         load_module_state(ema_model, state["ema"], "EMA model", ckpt)
     model.eval()
     run_dir = ckpt.parent.parent if belongs(ckpt, state.get("run_id"), ckpt.parent.parent) else None

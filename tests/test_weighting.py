@@ -11,13 +11,13 @@ from tests.conftest import make_trainer, quick_args, run_steps
 
 # every algorithm with per-example terms in SSL mode, and the flags that make it weigh from step 0
 WEIGHTED = ["pseudolabel", "fixmatch", "flexmatch", "freematch", "softmatch", "uda", "meanteacher", "kd", "mpl",
-            "pimodel", "dash", "adamatch", "defixmatch"]
+            "pimodel", "dash", "adamatch", "defixmatch", "openmatch"]
 NOW = ("--set", "weights.warmup=0", "--set", "weights.refresh_every=2")
 EXTRA = {"kd": ("--set", "algo.teacher_warmup=0"), "mpl": ("--set", "algo.student_wait=0"),
          "pseudolabel": ("--set", "algo.threshold=0"), "fixmatch": ("--set", "algo.threshold=0"),
          "flexmatch": ("--set", "algo.threshold=0"), "uda": ("--set", "algo.threshold=0"),
          "dash": ("--set", "algo.warmup_fraction=0", "--set", "algo.c=100"), "adamatch": ("--set", "algo.threshold=0"),
-         "defixmatch": ("--set", "algo.threshold=0")}
+         "defixmatch": ("--set", "algo.threshold=0"), "openmatch": ("--set", "algo.start_fix_fraction=0")}
 
 
 def weighted_trainer(tmp_path, algo: str, kind: str, *extra: str):
@@ -51,7 +51,9 @@ def test_unit_weights_leave_every_algorithm_bit_identical(tmp_path, algo):
     assert got == pytest.approx(expected, rel=1e-6) if algo in ROUNDING_APART else got == expected
 
 
-@pytest.mark.parametrize("algo", WEIGHTED)
+# OpenMatch's untrained one-vs-all heads exclude the whole pool at first, so its unweighted FixMatch
+# term is 0 as well here; test_openmatch.py checks its zero weights with every image selected
+@pytest.mark.parametrize("algo", [a for a in WEIGHTED if a != "openmatch"])
 def test_zero_weights_remove_the_weighted_terms(tmp_path, algo):
     """Weights of 0 (a map that says no) remove every weighted term: the unlabelled loss is 0."""
     weighted = weighted_trainer(tmp_path, algo, "influence")

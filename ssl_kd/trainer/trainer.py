@@ -28,7 +28,7 @@ from ssl_kd.data.placement import place_data
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
 from ssl_kd.influence.diagnostics import roc_auc
-from ssl_kd.run import algorithm_class, build_network
+from ssl_kd.run import algorithm_class, build_model, build_network
 from ssl_kd.text.hub import is_hf_name
 from ssl_kd.text.metrics import run_metric
 from ssl_kd.trainer import distributed
@@ -77,7 +77,7 @@ class Trainer:
         seed_everything(t.seed)
         self.data, self.placement = place_data(data, device, cfg.data)
         self.metric = run_metric(getattr(self.data.policy, "metric", None))  # top1, or a text task's official metric
-        self.model = distributed.convert_batchnorm(build_network(t.net, self.data).to(device), self.dist, device, t.sync_bn)
+        self.model = distributed.convert_batchnorm(build_model(t, self.data).to(device), self.dist, device, t.sync_bn)
         if device.type == "cuda" and t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = make_ema(self.model) if t.ema > 0 else None
