@@ -30,11 +30,11 @@ from ssl_kd.augment.views import make_view
 from ssl_kd.components import Thresholder, forward_concat, hard_pseudo_labels, masked_mean, restore_tensor
 from ssl_kd.data.types import SSLData
 from ssl_kd.influence.diagnostics import roc_auc
+from ssl_kd.openset import ova_entropy, ova_loss, outlier_score, socr
 from ssl_kd.registry import register_algorithm
 from ssl_kd.teacher import plain_module
 
 REFERENCE_STEPS = 2 ** 18  # the reference configs' run length, which their epoch counts refer to
-EPS = 1e-8  # the reference losses' guard inside log
 
 
 @dataclass
@@ -45,37 +45,6 @@ class OpenMatchConfig:
     threshold: float = 0.0  # FixMatch's confidence threshold
     select_fraction: float = 1024 / REFERENCE_STEPS  # one "epoch": the pool is re-scored this often
     start_fix_fraction: float = 5 * 1024 / REFERENCE_STEPS  # FixMatch (and exclusion) start here
-
-
-def ova_probs(logits_open: torch.Tensor) -> torch.Tensor:
-    """(N, 2C) OVA logits -> (N, 2, C) probabilities: [:, 0] outlier, [:, 1] inlier, per class."""
-    return torch.softmax(logits_open.float().view(logits_open.shape[0], 2, -1), dim=1)
-
-
-def ova_loss(logits_open: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 1: -log p(inlier) of the labelled class, plus the hardest negative class's -log p(outlier)."""
-    p = ova_probs(logits_open)
-    positive = F.one_hot(labels, p.shape[2]).float()
-    pos = (-torch.log(p[:, 1] + EPS) * positive).sum(1).mean()
-    neg = (-torch.log(p[:, 0] + EPS) * (1 - positive)).max(1).values.mean()
-    return pos + neg
-
-
-def ova_entropy(logits_open: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: the mean binary entropy of every OVA head."""
-    p = ova_probs(logits_open)
-    return (-(p * torch.log(p + EPS)).sum(1)).mean()
-
-
-def socr(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: squared difference of the OVA probabilities of two views, summed over heads and sides."""
-    return (ova_probs(logits_a) - ova_probs(logits_b)).pow(2).sum((1, 2)).mean()
-
-
-def outlier_score(logits: torch.Tensor, logits_open: torch.Tensor) -> torch.Tensor:
-    """p(outlier) from the OVA head of the closed-set prediction's class."""
-    pred = logits.argmax(-1)
-    return ova_probs(logits_open)[torch.arange(pred.shape[0], device=pred.device), 0, pred]
 
 
 @register_algorithm("openmatch")
@@ -94,7 +63,7 @@ class OpenMatch(Algorithm):
         self.thresholder = Thresholder(cfg.threshold, ctx.num_classes)
         size = ctx.data.train_y.numel()
         self.selected = torch.ones(size, dtype=torch.bool, device=ctx.device)  # FixMatch may use the example
-        self.scores = torch.full((size,), float("nan"), device=ctx.device)  # the last outlier scores, for diagnostics
+        self.scores = torch.full((size,), -1.0, device=ctx.device)  # the last outlier scores, for diagnostics; -1: none yet
 
     def steps_of(self, fraction: float) -> int:
         return max(1, round(fraction * self.ctx.total_steps))
@@ -148,7 +117,7 @@ class OpenMatch(Algorithm):
     def eval_metrics(self) -> dict[str, float]:
         """The outlier score's AUC at finding unseen-class images of the pool (when the data has them)."""
         data = self.ctx.data
-        if data.ood_idx is None or torch.isnan(self.scores[data.unlabelled_idx.to(self.scores.device)]).all():
+        if data.ood_idx is None or (self.scores[data.unlabelled_idx.to(self.scores.device)] < 0).all():
             return {}
         pool = data.unlabelled_idx.to(self.scores.device)
         unseen = torch.isin(pool, data.ood_idx.to(pool.device))
