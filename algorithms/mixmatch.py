@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
 from ssl_kd.algorithms.meanteacher import squared_error
-from ssl_kd.components import forward_concat, sharpen, soft_cross_entropy
+from ssl_kd.components import draw_mixup, forward_concat, mixup, sharpen, soft_cross_entropy
 from ssl_kd.errors import ConfigError
 from ssl_kd.ramps import linear_rampup
 from ssl_kd.registry import register_algorithm
@@ -36,11 +36,6 @@ class MixMatchConfig:
     alpha: float = 0.75  # MixUp's Beta(alpha, alpha)
     lambda_u: float = 100.0  # final weight of the unlabelled squared error
     rampup_fraction: float = 16000 / FULL_RUN  # linear ramp-up of lambda_u over this fraction of train.steps
-
-
-def mixup(x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """lam * (x, y) + (1 - lam) * (x, y)[perm]."""
-    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
 
 
 @register_algorithm("mixmatch")
@@ -63,9 +58,7 @@ class MixMatch(Algorithm):
         return sharpen(torch.stack(probs).mean(0), self.cfg.temperature)
 
     def draw_mixup(self, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
-        """lambda ~ Beta(alpha, alpha) folded to >= 1/2, and a random pairing of the n examples."""
-        lam = float(torch.distributions.Beta(self.cfg.alpha, self.cfg.alpha).sample())
-        return max(lam, 1 - lam), torch.randperm(n, device=device)
+        return draw_mixup(self.cfg.alpha, n, device)
 
     def train_step(self, batch: Batch) -> StepOutput:
         views = [batch.x_u[v] for v in self.unlabelled_views]

@@ -34,6 +34,19 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True)
 
 
+def draw_mixup(alpha: float, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
+    """MixUp's coefficient lambda ~ Beta(alpha, alpha) folded to >= 1/2 (each mixed example stays
+    closest to its first source: MixMatch, ReMixMatch) and a random pairing of n examples, both from
+    torch's global generator (which checkpoints restore)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return max(lam, 1 - lam), torch.randperm(n, device=device)
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lam * (x, y) + (1 - lam) * (x, y)[perm]."""
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
 class Thresholder:
     """Fixed-threshold confidence masking (FixMatch). Stateful subclasses override `mask` and `update`."""
 

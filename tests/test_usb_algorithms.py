@@ -1,4 +1,4 @@
-"""Pi-Model, Dash, AdaMatch, DeFixMatch, MixMatch and VAT (issue 29): losses computed by hand on a tiny batch,
+"""Pi-Model, Dash, AdaMatch, DeFixMatch, MixMatch, ReMixMatch and VAT (issue 29): losses computed by hand on a tiny batch,
 unsupervised gradients that reach the trained side only, state that survives a checkpoint, exact
 resume, and AdaMatch's statistics kept over the global batch under two gloo processes. Training
 two steps (image and text) is covered for every algorithm in test_trainer.py and test_text_train.py.
@@ -19,6 +19,7 @@ from ssl_kd.algorithms.dash import Dash, DashConfig
 from ssl_kd.algorithms.defixmatch import DeFixMatch, DeFixMatchConfig
 from ssl_kd.algorithms.mixmatch import MixMatch, MixMatchConfig
 from ssl_kd.algorithms.pimodel import PiModel, PiModelConfig
+from ssl_kd.algorithms.remixmatch import ReMixMatch, ReMixMatchConfig, rotate_quarters
 from ssl_kd.algorithms.vat import VAT, VATConfig, entropy, kl_from_logits, l2_normalise
 from ssl_kd.align import PredictionAlign
 from ssl_kd.components import RelativeThresholder
@@ -244,7 +245,7 @@ def test_vat_and_mixmatch_refuse_text_and_bad_settings(tmp_path):
 
 @pytest.mark.parametrize("algo,extra", [("pimodel", ()), ("dash", ("--set", "algo.warmup_fraction=0.2")),
                                         ("adamatch", ()), ("defixmatch", ("--set", "algo.threshold=0.3")),
-                                        ("mixmatch", ()), ("vat", ())])
+                                        ("mixmatch", ()), ("vat", ()), ("remixmatch", ())])
 def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
     first = make_trainer(tmp_path, algo, 6, *extra)
     step_losses(first, 3)
@@ -293,3 +294,46 @@ def test_adamatch_two_processes_keep_the_global_batch_statistics(tmp_path: Path)
             torch.testing.assert_close(res[key], one[key])
         part = slice(4 * rank, 4 * rank + 4)
         assert torch.equal(res["pseudo"], one["pseudo"][part]) and torch.equal(res["mask"], one["mask"][part])
+
+
+# ----- ReMixMatch ---------------------------------------------------------------------------------------------
+
+def test_rotate_quarters_turns_each_image_by_its_own_count():
+    img = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[None, None].repeat(3, 1, 1, 1)
+    out = rotate_quarters(img, torch.tensor([0, 1, 2]))
+    assert out[0, 0].tolist() == [[1, 2], [3, 4]]
+    assert out[1, 0].tolist() == [[2, 4], [1, 3]]  # one quarter turn counter-clockwise (torch.rot90)
+    assert out[2, 0].tolist() == [[4, 3], [2, 1]]
+
+
+def test_remixmatch_anchor_is_aligned_to_the_labelled_marginal_then_sharpened():
+    from types import SimpleNamespace
+
+    from ssl_kd.algorithm import Context
+    from tests.test_baselines import LogitsAreInputs
+
+    # labelled marginal (3/4, 1/4, 0); the first batch's mean prediction is p_model
+    data = SimpleNamespace(unlabelled_idx=torch.arange(4), train_y=torch.tensor([0, 0, 0, 1]), labelled_idx=torch.arange(4),
+                           modality="image", name="tiny", task="classification", is_regression=False)
+    ctx = Context(num_classes=3, total_steps=10, device=torch.device("cpu"), data=data, train_cfg=None)
+    algo = ReMixMatch(LogitsAreInputs(), ReMixMatchConfig(temperature=0.5), ctx)
+    weak = torch.tensor([[log(8), 0.0, 0.0], [0.0, log(2), 0.0]])  # (0.8, 0.1, 0.1) and (0.25, 0.5, 0.25)
+    got = algo.anchor(weak)
+    p_model = [0.525, 0.3, 0.175]
+    target = [0.75, 0.25, 0.0]
+    expected = []
+    for row in WEAK:
+        a = [p * (t + 1e-6) / (m + 1e-6) for p, t, m in zip(row, target, p_model)]
+        a = [v / sum(a) for v in a]
+        s = [v * v for v in a]
+        expected.append([v / sum(s) for v in s])
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_remixmatch_trains_its_rotation_head_and_ramps_the_unlabelled_terms(tmp_path):
+    trainer = make_trainer(tmp_path, "remixmatch", 128)  # ramp over 128 / 64 = 2 steps
+    head = trainer.model.rotation.weight.detach().clone()
+    outs = run_steps(trainer, 3)
+    assert [o.logs["train/unsup_ramp"] for o in outs] == [0.0, 0.5, 1.0]
+    assert all(float(o.logs[k]) > 0 for o in outs for k in ("loss/unsup", "loss/pre_mixup", "loss/rotation"))
+    assert not torch.equal(head, trainer.model.rotation.weight)
