@@ -1,6 +1,6 @@
-"""Pi-Model, Dash, AdaMatch, DeFixMatch, MixMatch, ReMixMatch and VAT (issue 29): losses computed by hand on a tiny batch,
+"""Pi-Model, Dash, AdaMatch, DeFixMatch, MixMatch, ReMixMatch, SimMatch and VAT (issue 29): losses computed by hand on a tiny batch,
 unsupervised gradients that reach the trained side only, state that survives a checkpoint, exact
-resume, and AdaMatch's statistics kept over the global batch under two gloo processes. Training
+resume, and AdaMatch's statistics and SimMatch's bank kept over the global batch under two gloo processes. Training
 two steps (image and text) is covered for every algorithm in test_trainer.py and test_text_train.py.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ssl_kd.algorithms.defixmatch import DeFixMatch, DeFixMatchConfig
 from ssl_kd.algorithms.mixmatch import MixMatch, MixMatchConfig
 from ssl_kd.algorithms.pimodel import PiModel, PiModelConfig
 from ssl_kd.algorithms.remixmatch import ReMixMatch, ReMixMatchConfig, rotate_quarters
+from ssl_kd.algorithms.simmatch import SimMatch, SimMatchConfig, unfold_and_aggregate
 from ssl_kd.algorithms.vat import VAT, VATConfig, entropy, kl_from_logits, l2_normalise
 from ssl_kd.align import PredictionAlign
 from ssl_kd.components import RelativeThresholder
@@ -245,7 +246,8 @@ def test_vat_and_mixmatch_refuse_text_and_bad_settings(tmp_path):
 
 @pytest.mark.parametrize("algo,extra", [("pimodel", ()), ("dash", ("--set", "algo.warmup_fraction=0.2")),
                                         ("adamatch", ()), ("defixmatch", ("--set", "algo.threshold=0.3")),
-                                        ("mixmatch", ()), ("vat", ()), ("remixmatch", ())])
+                                        ("mixmatch", ()), ("vat", ()), ("remixmatch", ()),
+                                        ("simmatch", ("--set", "algo.warmup_fraction=0.2"))])
 def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
     first = make_trainer(tmp_path, algo, 6, *extra)
     step_losses(first, 3)
@@ -337,3 +339,73 @@ def test_remixmatch_trains_its_rotation_head_and_ramps_the_unlabelled_terms(tmp_
     assert [o.logs["train/unsup_ramp"] for o in outs] == [0.0, 0.5, 1.0]
     assert all(float(o.logs[k]) > 0 for o in outs for k in ("loss/unsup", "loss/pre_mixup", "loss/rotation"))
     assert not torch.equal(head, trainer.model.rotation.weight)
+
+
+# ----- SimMatch -----------------------------------------------------------------------------------------------
+
+def test_simmatch_unfolding_and_aggregation_by_hand():
+    # two bank entries labelled 0 and 1; similarities giving softmax (3/4, 1/4) at T 1
+    sim_logits = torch.tensor([[log(3), 0.0]])
+    probs = torch.tensor([[0.2, 0.8]])
+    unfolded, aggregated = unfold_and_aggregate(sim_logits, probs, torch.tensor([0, 1]), temperature=1.0, alpha=0.9)
+    # unfolding: (3/4 * 0.2, 1/4 * 0.8) = (0.15, 0.2), renormalised; aggregation: 0.9 p + 0.1 (3/4, 1/4)
+    torch.testing.assert_close(unfolded, torch.tensor([[0.15 / 0.35, 0.2 / 0.35]]))
+    torch.testing.assert_close(aggregated, torch.tensor([[0.9 * 0.2 + 0.075, 0.9 * 0.8 + 0.025]]))
+
+
+def test_simmatch_bank_moves_towards_the_labelled_embeddings(tmp_path):
+    trainer = make_trainer(tmp_path, "simmatch", 6)
+    algo = trainer.algorithm
+    assert algo.bank.shape == (trainer.data.labelled_idx.numel(), 128)
+    idx = trainer.data.labelled_idx[:2]
+    pos = algo.position[idx]
+    old = algo.bank[pos].clone()
+    emb = torch.nn.functional.normalize(torch.randn(2, 128), dim=1)
+    algo.update_bank(emb, idx)
+    torch.testing.assert_close(algo.bank[pos], torch.nn.functional.normalize(0.7 * old + 0.3 * emb, dim=1))
+    before = algo.bank.clone()
+    run_steps(trainer, 1)
+    assert torch.allclose(algo.bank.norm(dim=1), torch.ones(algo.bank.shape[0]), atol=1e-5)
+    assert not torch.equal(before, algo.bank)
+
+
+def test_simmatch_instance_loss_waits_for_the_first_epoch(tmp_path):
+    trainer = make_trainer(tmp_path, "simmatch", 10, "--set", "algo.warmup_fraction=0.2")
+    outs = run_steps(trainer, 3)
+    assert [float(o.logs["loss/instance"]) for o in outs][:2] == [0.0, 0.0] and float(outs[2].logs["loss/instance"]) > 0
+
+
+def _bank_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_from_env(torch.device("cpu"), timeout_s=30)
+    algo = _bank_algorithm()
+    emb, idx = _bank_batch()
+    algo.update_bank(emb[2 * rank : 2 * rank + 2], idx[2 * rank : 2 * rank + 2])
+    torch.save(algo.bank, f"{out}/{rank}.pt")
+    os._exit(0)  # no gloo teardown (see test_distributed)
+
+
+def _bank_algorithm() -> SimMatch:
+    from types import SimpleNamespace
+
+    from ssl_kd.algorithm import Context
+    from tests.test_baselines import LogitsAreInputs
+
+    torch.manual_seed(0)
+    data = SimpleNamespace(unlabelled_idx=torch.arange(8), train_y=torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), labelled_idx=torch.arange(6),
+                           modality="image", name="tiny", task="classification", is_regression=False)
+    return SimMatch(LogitsAreInputs(), SimMatchConfig(), Context(num_classes=3, total_steps=10, device=torch.device("cpu"),
+                                                                  data=data, train_cfg=None))
+
+
+def _bank_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.nn.functional.normalize(torch.randn(4, 128, generator=g), dim=1), torch.tensor([5, 0, 3, 1])
+
+
+def test_simmatch_bank_is_the_same_on_every_process(tmp_path: Path) -> None:
+    one = _bank_algorithm()
+    one.update_bank(*_bank_batch())
+    mp.spawn(_bank_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        torch.testing.assert_close(torch.load(tmp_path / f"{rank}.pt"), one.bank)
