@@ -1,4 +1,4 @@
-"""Pi-Model, Dash, AdaMatch, DeFixMatch, MixMatch, ReMixMatch, SimMatch and VAT (issue 29): losses computed by hand on a tiny batch,
+"""Pi-Model, Dash, AdaMatch, DeFixMatch, MixMatch, ReMixMatch, SimMatch, CoMatch and VAT (issue 29): losses computed by hand on a tiny batch,
 unsupervised gradients that reach the trained side only, state that survives a checkpoint, exact
 resume, and AdaMatch's statistics and SimMatch's bank kept over the global batch under two gloo processes. Training
 two steps (image and text) is covered for every algorithm in test_trainer.py and test_text_train.py.
@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 from ssl_kd.algorithm import Batch
 from ssl_kd.algorithms.adamatch import AdaMatch, AdaMatchConfig
+from ssl_kd.algorithms.comatch import graph_contrastive_loss, pseudo_label_graph
 from ssl_kd.algorithms.dash import Dash, DashConfig
 from ssl_kd.algorithms.defixmatch import DeFixMatch, DeFixMatchConfig
 from ssl_kd.algorithms.mixmatch import MixMatch, MixMatchConfig
@@ -247,7 +248,8 @@ def test_vat_and_mixmatch_refuse_text_and_bad_settings(tmp_path):
 @pytest.mark.parametrize("algo,extra", [("pimodel", ()), ("dash", ("--set", "algo.warmup_fraction=0.2")),
                                         ("adamatch", ()), ("defixmatch", ("--set", "algo.threshold=0.3")),
                                         ("mixmatch", ()), ("vat", ()), ("remixmatch", ()),
-                                        ("simmatch", ("--set", "algo.warmup_fraction=0.2"))])
+                                        ("simmatch", ("--set", "algo.warmup_fraction=0.2")),
+                                        ("comatch", ("--set", "algo.queue_batches=1", "--set", "algo.warmup_fraction=0.2"))])
 def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
     first = make_trainer(tmp_path, algo, 6, *extra)
     step_losses(first, 3)
@@ -409,3 +411,33 @@ def test_simmatch_bank_is_the_same_on_every_process(tmp_path: Path) -> None:
     mp.spawn(_bank_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
     for rank in range(2):
         torch.testing.assert_close(torch.load(tmp_path / f"{rank}.pt"), one.bank)
+
+
+# ----- CoMatch ------------------------------------------------------------------------------------------------
+
+def test_comatch_pseudo_label_graph_and_contrastive_loss_by_hand():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]])
+    q = pseudo_label_graph(probs, cutoff=0.7)
+    # q0.q1 = 0.74 kept, q0.q2 = 0.18 and q1.q2 = 0.26 removed; self-loops 1
+    torch.testing.assert_close(q, torch.tensor([[1 / 1.74, 0.74 / 1.74, 0.0], [0.74 / 1.74, 1 / 1.74, 0.0], [0.0, 0.0, 1.0]]))
+    z = torch.eye(3)
+    # similarities z z^T / 0.5: 2 on the diagonal, 0 elsewhere -> softmax rows (e^2, 1, 1) / (e^2 + 2)
+    row = [math.exp(2) / (math.exp(2) + 2), 1 / (math.exp(2) + 2)]
+    expected = (-(1 / 1.74 * log(row[0]) + 0.74 / 1.74 * log(row[1])) * 2 - log(row[0])) / 3
+    assert graph_contrastive_loss(z, z, q, 0.5).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_comatch_queue_wraps_and_smooths_with_its_neighbours(tmp_path):
+    trainer = make_trainer(tmp_path, "comatch", 6, "--set", "algo.queue_batches=1")
+    algo = trainer.algorithm
+    size = algo.queue_z.shape[0]
+    z = torch.nn.functional.normalize(torch.randn(size + 3, 64), dim=1)
+    p = torch.softmax(torch.randn(size + 3, 10), dim=1)
+    algo.enqueue(z[:size], p[:size])
+    algo.enqueue(z[size:], p[size:])  # overwrites the three oldest entries
+    assert algo.filled == size and algo.ptr == 3
+    torch.testing.assert_close(algo.queue_z[:3], z[size:])
+    torch.testing.assert_close(algo.queue_z[3:], z[3:size])
+    own = torch.tensor([[1.0] + [0.0] * 9])
+    sim = torch.softmax(z[:1] @ algo.queue_z.T / 0.2, dim=1)
+    torch.testing.assert_close(algo.smoothed(z[:1], own), 0.9 * own + 0.1 * sim @ algo.queue_p)

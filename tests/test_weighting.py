@@ -11,14 +11,15 @@ from tests.conftest import make_trainer, quick_args, run_steps
 
 # every algorithm with per-example terms in SSL mode, and the flags that make it weigh from step 0
 WEIGHTED = ["pseudolabel", "fixmatch", "flexmatch", "freematch", "softmatch", "uda", "meanteacher", "kd", "mpl",
-            "pimodel", "dash", "adamatch", "defixmatch", "openmatch", "iomatch", "simmatch"]
+            "pimodel", "dash", "adamatch", "defixmatch", "openmatch", "iomatch", "simmatch", "comatch"]
 NOW = ("--set", "weights.warmup=0", "--set", "weights.refresh_every=2")
 EXTRA = {"kd": ("--set", "algo.teacher_warmup=0"), "mpl": ("--set", "algo.student_wait=0"),
          "pseudolabel": ("--set", "algo.threshold=0"), "fixmatch": ("--set", "algo.threshold=0"),
          "flexmatch": ("--set", "algo.threshold=0"), "uda": ("--set", "algo.threshold=0"),
          "dash": ("--set", "algo.warmup_fraction=0", "--set", "algo.c=100"), "adamatch": ("--set", "algo.threshold=0"),
          "defixmatch": ("--set", "algo.threshold=0"), "openmatch": ("--set", "algo.start_fix_fraction=0"),
-         "iomatch": ("--set", "algo.p_cutoff=0"), "simmatch": ("--set", "algo.threshold=0")}
+         "iomatch": ("--set", "algo.p_cutoff=0"), "simmatch": ("--set", "algo.threshold=0"),
+         "comatch": ("--set", "algo.threshold=0")}
 
 
 def weighted_trainer(tmp_path, algo: str, kind: str, *extra: str):
