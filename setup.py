@@ -3,10 +3,9 @@
 The metadata, dependencies, extras and the `ssl-kd` command are in pyproject.toml; this file keeps
 the package layout, which maps top-level folders into the namespace.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = ["ssl_kd", "ssl_kd.data", "ssl_kd.augment", "ssl_kd.nets", "ssl_kd.trainer", "ssl_kd.influence", "ssl_kd.text",
-            "ssl_kd.weighting"]
+PACKAGES = find_packages(include=["ssl_kd", "ssl_kd.*"])  # a new sub-package of ssl_kd/ is installed without a listing
 MAPPED = {"ssl_kd.algorithms": "algorithms", "ssl_kd.datasets": "datasets", "ssl_kd.tools": "tools"}
 
 setup(packages=PACKAGES + list(MAPPED), package_dir=MAPPED)
