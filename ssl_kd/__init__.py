@@ -16,13 +16,13 @@ from typing import Any
 
 __version__ = "0.2.0"  # the one place the version lives (pyproject.toml reads it)
 
-API = ("train", "load_run", "Run", "list_algorithms", "list_datasets")
-__all__ = ["__version__", *API]
+_API = ("train", "load_run", "Run", "list_algorithms", "list_datasets")
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
     """The API names, imported from `ssl_kd.api` when first asked for (PEP 562)."""
-    if name in API:
+    if name in _API:
         from ssl_kd import api
 
         return getattr(api, name)
@@ -30,4 +30,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *API})
+    """The module's names with the API's, which exist before their first use."""
+    return sorted({*globals(), *_API})

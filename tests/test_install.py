@@ -1,5 +1,5 @@
 """`pip install .` into a fresh virtual environment outside the repository: the installed `ssl-kd`
-trains, evaluates and exports a digits run, working in a folder outside the repository.
+trains, evaluates and exports a digits run and sweeps, working in a folder outside the repository.
 
 The new environment reuses the dependencies of the one running the tests (a .pth file naming its
 site-packages folders, so torch is not installed again) and installs ssl_kd itself with
@@ -66,3 +66,7 @@ def test_installed_console_script_trains_evaluates_and_exports(tmp_path):
     assert evaluated["step"] == 50 and evaluated["algo"] == "fixmatch" and "top1" in evaluated["ema"]
     run([ssl_kd, "export", "run", "--out", "exported"], work, env)
     assert (work / "exported" / "model.pt2").is_file() and (work / "exported" / "preprocess.json").is_file()
+    # a sweep starts its runs through the installed package, not through a tools/train.py beside it
+    run([ssl_kd, "sweep", "--algos", "supervised", "--dataset", "digits_30", "--seeds", "1", "--jobs", "1", "--out", "sweep",
+         "--", "--steps", "2", "--batch-size", "4", "--uratio", "1", "--device", "cpu"], work, env)
+    assert json.loads((work / "sweep" / "supervised_s0" / "summary.json").read_text())["steps"] == 2
