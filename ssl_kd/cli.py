@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ssl_kd.config import Config, TrainConfig
+from ssl_kd.data.build import preset_name
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError, SSLKDError
 from ssl_kd.plugins import load_plugins, load_recorded, with_history
@@ -97,7 +98,7 @@ def list_registered() -> str:
                for n in ALGORITHMS.names()), "datasets:"]
     for name in DATASETS.names():
         fam = DATASETS.get(name)
-        presets = ", ".join(f"{name}_{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{name}_{n}" for n in fam.presets)
+        presets = ", ".join(preset_name(name, n) for n in fam.presets)
         lines.append(f"  {name:<10} {fam.description} (presets: {name}{', ' + presets if presets else ''})")
     lines.append("networks (parameters with a 100-class head):")
     for name in NETWORKS.names():

@@ -1,6 +1,7 @@
 """Multi-seed comparisons: run several algorithms (or config variants) over seeds, one table.
 
-Each run is a `tools/train.py` subprocess with one CPU thread, `jobs` at a time, so a sweep on a
+Each run is a `python -m ssl_kd train` subprocess (tools/train.py, through the package, so a sweep
+runs from an installed ssl_kd as from the repository) with one CPU thread, `jobs` at a time, so a sweep on a
 2-core machine uses both cores. Every run's arguments are resolved to its config before any run
 starts (a bad name or value stops the sweep at once). A finished run (a summary.json not marked
 `interrupted`) is reused when re-run only if its config.yaml matches the config its arguments give
@@ -26,7 +27,7 @@ import yaml
 
 from ssl_kd.errors import ConfigError, SSLKDError
 
-TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
+TRAIN = ["-m", "ssl_kd", "train"]  # after sys.executable: the installed package's train command
 IGNORED = ("train.out", "train.progress")  # differ without changing what a run computes
 # what `train.optimizer=auto` resolves to when the run starts (ssl_kd.trainer.optim.record_optimizer):
 # a run's config.yaml records the resolved values, its planned config still says auto
@@ -140,7 +141,7 @@ def run_one(variant: Variant, seed: int, common: list[str], out: Path, vary_spli
     run_dir = out / f"{variant.label}_s{seed}"
     if rerun or not finished(run_dir):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [sys.executable, str(TRAIN), *train_args(variant, seed, common, out, vary_split)]
+        cmd = [sys.executable, *TRAIN, *train_args(variant, seed, common, out, vary_split)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "logs" / f"{variant.label}_s{seed}.log").write_text(proc.stdout + proc.stderr)

@@ -5,7 +5,7 @@
 
 Arguments after `--` go to every run (e.g. `--steps`, `--set data.val_per_class=20`); in KD
 mode (a fully labelled dataset) give the teacher with `--teacher-ckpt`. `--variant LABEL="ARGS"`
-adds rows of your own. Runs are `tools/train.py` subprocesses, `--jobs` at a time; finished runs are reused when the command is
+adds rows of your own. Runs are `python -m ssl_kd train` subprocesses, `--jobs` at a time; finished runs are reused when the command is
 run again, so a second `--metric` (e.g. `final_ema_val_top1`, `final_noise_auc`) costs nothing.
 """
 from __future__ import annotations

@@ -48,6 +48,11 @@ def parse_dataset_name(name: str) -> tuple[str, int | None]:
     return family, labels
 
 
+def preset_name(family: str, labels: int) -> str:
+    """The dataset name of `family` with `labels` labels, as parse_dataset_name reads it (cifar10, 4000 -> cifar10_4k)."""
+    return f"{family}_{labels // 1000}k" if labels >= 1000 and labels % 1000 == 0 else f"{family}_{labels}"
+
+
 def resolve_family(name: str) -> tuple[DatasetFamily, int | None]:
     """The registered family of a dataset name (its protocol gives the training defaults) and its label count."""
     family, labels = parse_dataset_name(name)
