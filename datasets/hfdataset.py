@@ -79,12 +79,8 @@ def load_hfdataset(root: Path, download: bool, folder: str = "", text_columns: t
     def records(name: str, label: bool = True) -> list[dict[str, Any]]:
         check_columns(source(name), splits[name].column_names, columns, label)
         rows = splits[name].select_columns([*columns.text, *([columns.label] if label else [])]).to_list()
-        for row, r in enumerate(rows if names and label else [], start=1):  # ClassLabel ints -> their names
-            value = r[columns.label]
-            if value not in MISSING and not 0 <= value < len(names):
-                raise DataError(f"{source(name)}, record {row}: label {value} is outside the class list {names[:20]} "
-                                "(its ClassLabel); -1 marks an unlabelled example")
-            r[columns.label] = None if value in MISSING else names[value]
+        for r in rows if names and label else []:  # ClassLabel ints -> their names (the library refuses others)
+            r[columns.label] = None if r[columns.label] in MISSING else names[r[columns.label]]
         return rows
 
     train = read_records(source("train"), records("train"), columns, "train")

@@ -154,11 +154,9 @@ def to_raw(train: Split, test: Split, classes: list[str] | None = None, unlabell
     if any(v is None for v in test.labels):
         raise DataError(f"{test.source} has unlabelled examples; every example of a test split needs a label")
     parts = [(p, split) for p, split in ((LABELLED, train), (UNLABELLED, unlabelled), (VALIDATION, val)) if split is not None]
-    own = Split(train.source, [t for _, s in parts for t in s.texts], [y for _, s in parts for y in s.labels],
-                [i for _, s in parts for i in s.ids])
     part = torch.cat([torch.full((len(s.texts),), p, dtype=torch.long) for p, s in parts])
-    train_y = encode(own, names)
+    train_y = torch.cat([encode(s, names) for _, s in parts])  # each part's errors name its own file
     part[(part == LABELLED) & (train_y == NO_LABEL)] = UNLABELLED  # a row with an empty label
     empty = torch.empty(0, 1, dtype=torch.long)
-    return RawData(empty, train_y, empty, encode(test, names), names, own.texts, test.texts,
-                   train_part=part, train_ids=own.ids, notes=list(notes))
+    return RawData(empty, train_y, empty, encode(test, names), names, [t for _, s in parts for t in s.texts], test.texts,
+                   train_part=part, train_ids=[i for _, s in parts for i in s.ids], notes=list(notes))
