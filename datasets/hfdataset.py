@@ -1,12 +1,16 @@
 """A Hugging Face `datasets` dataset as a text family: one saved with `save_to_disk`, or a hub name.
 
-`--dataset hfdataset_<labels> --set data.folder=PATH` reads a `DatasetDict` saved with
+`--dataset hfdataset --set data.folder=PATH` reads a `DatasetDict` saved with
 `save_to_disk` (absolute, or relative to the data dir; no network). When data.folder is not a
 folder it is taken as a hub name (`--set data.folder=stanfordnlp/imdb`), downloaded and cached by
-the library as usual (online only). The training split is `train`; the evaluation split is the
-first of test, validation and dev with labels (GLUE's test labels are hidden as -1), else
-`data.test_fraction` of train. Columns as for text files (data.text_columns, data.label_column);
-a `ClassLabel` label keeps its class names and order.
+the library as usual (online only). The training split is `train`, whose examples with label -1
+(`ClassLabel`'s "no label") or null are unlabelled; an `unlabelled` (or `unlabeled`,
+`unsupervised`: IMDB's) split holds more. Held-out splits with labels as for text files
+(ssl_kd.text.table.held_out): `test` the test split, `validation` (else `dev`) the validation split,
+a lone one the test split (GLUE's test labels are hidden as -1); none: `data.test_fraction` of
+train. `hfdataset_<labels>` draws that many labels from a fully labelled train split. Columns as
+for text files (data.text_columns, detected when empty; data.label_column); a `ClassLabel` label
+keeps its class names and order.
 """
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ from typing import Any
 from ssl_kd.data.family import DatasetFamily, RawData, register_dataset
 from ssl_kd.data.types import TextPolicy
 from ssl_kd.datasets.glue import GLUE_PROTOCOL
-from ssl_kd.datasets.textfile import columns_of
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.text.hub import TEXT_EXTRA, hub_unreachable
-from ssl_kd.text.table import EVAL_SPLITS, check_columns, has_labels, hold_out, read_records, to_raw
+from ssl_kd.text.table import (check_column_count, EVAL_SPLITS, MISSING, UNLABELLED_SPLITS, check_columns, detect_columns, has_labels, held_out,
+                               hold_out, read_records, to_raw)
 
 
 def open_dataset(root: Path, folder: str) -> Any:
@@ -63,29 +67,40 @@ def label_names(split: Any, column: str) -> list[str] | None:
     return list(names) if names else None
 
 
-def load_hfdataset(root: Path, download: bool, folder: str = "", text_columns: tuple[str, ...] = ("text",),
+def load_hfdataset(root: Path, download: bool, folder: str = "", text_columns: tuple[str, ...] = (),
                    label_column: str = "label", test_fraction: float = 0.0, split_seed: int = 0) -> RawData:
-    columns = columns_of(text_columns, label_column)
+    check_column_count(text_columns)  # a config mistake, before any file is read
     splits = open_dataset(root, folder)
     source = lambda name: f"dataset {folder or root} split {name!r}"  # noqa: E731
+    columns, note = detect_columns(source("train"), splits["train"].column_names, text_columns, label_column)
     check_columns(source("train"), splits["train"].column_names, columns)
     names = label_names(splits["train"], label_column)
 
-    def records(name: str) -> list[dict[str, Any]]:
-        rows = splits[name].select_columns([*columns.text, columns.label]).to_list()
-        if names:  # ClassLabel ints -> their names (-1: hidden)
-            for r in rows:
-                r[columns.label] = names[r[columns.label]] if r[columns.label] not in (None, -1) else None
+    def records(name: str, label: bool = True) -> list[dict[str, Any]]:
+        check_columns(source(name), splits[name].column_names, columns, label)
+        rows = splits[name].select_columns([*columns.text, *([columns.label] if label else [])]).to_list()
+        for r in rows if names and label else []:  # ClassLabel ints -> their names (the library refuses others)
+            r[columns.label] = None if r[columns.label] in MISSING else names[r[columns.label]]
         return rows
 
-    train = read_records(source("train"), records("train"), columns)
-    for name in EVAL_SPLITS:
-        if name in splits:
-            check_columns(source(name), splits[name].column_names, columns)
-            rows = records(name)
-            if has_labels(rows, label_column):
-                return to_raw(train, read_records(source(name), rows, columns), names)
-    return to_raw(*hold_out(train, test_fraction, split_seed), names)
+    train = read_records(source("train"), records("train"), columns, "train")
+    held = {name: rows for name in EVAL_SPLITS if name in splits and has_labels(rows := records(name), label_column)}
+    test_name, val_name = held_out(list(held))
+    read = lambda name: read_records(source(name), held[name], columns, name, "refused")  # noqa: E731
+    notes = [note] if note else []
+    extra = next((name for name in UNLABELLED_SPLITS + ("unsupervised",) if name in splits), None)
+    unlabelled = read_records(source(extra), records(extra, label=False), columns, extra, "all") if extra else None
+    if unlabelled is not None:
+        notes.append(f"unlabelled examples: split {extra!r} ({len(unlabelled.texts)})")
+    val = read(val_name) if val_name else None
+    if test_name is None:
+        train, test = hold_out(train, test_fraction, split_seed)
+        notes.append(f"test: {len(test.texts)} examples held out of train (data.test_fraction={test_fraction})")
+    else:
+        test = read(test_name)
+        notes.append(f"test: split {test_name!r}" + (f"; validation: split {val_name!r}" if val_name else
+                     " (the only labelled held-out split: the test split; validation is carved from your labelled rows)"))
+    return to_raw(train, test, names, unlabelled, val, notes)
 
 
 register_dataset(
@@ -96,7 +111,7 @@ register_dataset(
         load=load_hfdataset,
         protocol=GLUE_PROTOCOL,  # the text presets'
         description="a Hugging Face dataset: a save_to_disk folder, or a hub name (online), via --set data.folder=; "
-                    "columns data.text_columns, data.label_column",
+                    "label -1 is unlabelled; columns data.text_columns, data.label_column",
         options=("folder", "text_columns", "label_column", "test_fraction", "split_seed"),
     )
 )

@@ -25,12 +25,13 @@ from ssl_kd.run import (algorithm_class, build_data, config_from_dict, config_su
 from ssl_kd.trainer.checkpoint import RESUME_KEYS, load_checkpoint, resolve_checkpoint
 from ssl_kd.trainer.logger import RunLogger, read_metrics
 from ssl_kd.trainer import distributed
+from ssl_kd.trainer.selection import SELECT_ON, describe, resolve_select_on
 from ssl_kd.trainer.rundir import RunDir, check_belongs, never_saved, new_run_id, os_error_message
 from ssl_kd.trainer.trainer import Interrupted, Trainer
 
 # Flags that map one-to-one onto TrainConfig fields (argparse dest -> field).
 TRAIN_FLAGS = ("algo", "dataset", "net", "data_dir", "download", "out", "seed", "steps", "eval_every",
-               "batch_size", "uratio", "lr", "device")
+               "batch_size", "uratio", "lr", "device", "select_on")
 RESUME_OVERRIDABLE = ("steps", "eval_every", "device", "data_dir")
 
 
@@ -58,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                         "train.lr_schedule, FixMatch's cosine unless set; hf: networks: AdamW with linear warm-up over "
                         "10%% of --steps and linear decay to 0 (config.yaml records what ran)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (cuda when visible)")
+    p.add_argument("--select-on", choices=SELECT_ON,
+                   help="what best.pt is chosen on: val (default with a validation split), last (default without "
+                        "one), or test (an oracle, named so in summary.json)")
     p.add_argument("--teacher-ckpt", metavar="RUN_OR_CKPT",
                    help="teacher-student algorithms (kd, kdaif): the trained teacher (same as --set algo.teacher_ckpt=...)")
     p.add_argument("--teacher-net", help="teacher-student algorithms: the teacher's network (same as --set algo.teacher_net=...)")
@@ -285,6 +289,8 @@ def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | N
     if dist.is_main:
         print(f"run folder: {run_dir}\n{config_summary(cfg)}\ndevice={device} labelled={data.labelled_idx.numel()} "
               f"unlabelled={data.unlabelled_idx.numel()}{ood_note(data)} val={data.val_idx.numel()} test={data.test_y.numel()}\n"
+              f"{data.split_note + chr(10) if data.split_note else ''}"
+              f"{describe(resolve_select_on(cfg.train.select_on, data.val_idx.numel() > 0), cfg.train.median_last)}\n"
               f"{trainer.placement}", file=sys.stderr)
     if dist.enabled and dist.is_main:
         print(f"distributed: {dist.world_size} processes, global batch {cfg.train.batch_size} (+ {cfg.train.uratio} x that "

@@ -55,6 +55,9 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: at every evaluation)
     check_finite_every: int = 50  # check losses and weights for NaN/inf every N steps (and before every save); 0: only before saves
     median_last: int = 20  # summary.json median over the last N evaluations
+    # what best.pt is chosen on: val (the validation split) | last (the last evaluation) | test (an
+    # oracle, named so in summary.json); empty: val when there is a validation split, else last
+    select_on: str = ""
     progress: bool = True
     extended: list[str] = field(default_factory=list)  # a record of every `--resume --extend` (step, old and new total)
 
@@ -64,7 +67,13 @@ class DataConfig:
     """How the dataset's splits are made (independent of the training seed)."""
 
     split_seed: int = 0
-    val_per_class: int = 0  # validation examples per class carved out of the training set
+    # validation examples per class carved out of the training set; none (the default): 0 for a
+    # benchmark preset, and for your own data (ssl_kd.data.own) a tenth of the smallest labelled class
+    # unless you give a validation split (its own file, split or folder); 0: no validation split
+    val_per_class: int | None = None
+    # your own data: the unlabelled pool also holds the labelled examples (the FixMatch protocol;
+    # a benchmark preset's pool always does); false: only your unlabelled examples
+    pool_with_labelled: bool = False
     label_noise: float = 0.0  # fraction of labelled labels flipped (noise probe)
     noise_mode: str = "symmetric"  # symmetric | pairwise (to the next class)
     # class mismatch: None = all classes; S in [0, 1] = seen classes only, a share S of the
@@ -79,7 +88,9 @@ class DataConfig:
     image_size: int = 64  # imagefolder: side of the stored square uint8 images (shorter side resized, centre crop)
     decode_cache: bool = True  # imagefolder: keep the decoded tensors in $SSL_KD_CACHE/images for the next run
     pad_mode: str = ""  # the random crop's padding: "" = the dataset's (reflect, FixMatch's) | reflect | zeros
-    text_columns: tuple[str, ...] = ("text",)  # textfile/hfdataset: the text column, or two for sentence pairs
+    # textfile/hfdataset: the text column, or two for sentence pairs; empty: detected from the obvious
+    # names (text, sentence, sentence1+sentence2, question, ...) when exactly one fits (ssl_kd.text.table)
+    text_columns: tuple[str, ...] = ()
     label_column: str = "label"  # textfile/hfdataset: the label column
     test_fraction: float = 0.0  # textfile/hfdataset without an evaluation split: the training share held out
 

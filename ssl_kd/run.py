@@ -23,6 +23,7 @@ from ssl_kd.text.hub import is_hf_name, parse_hf_name
 from ssl_kd.trainer.checkpoint import load_checkpoint, load_module_state, resolve_checkpoint
 from ssl_kd.trainer.rundir import belongs
 from ssl_kd.trainer.schedule import check_schedule
+from ssl_kd.trainer.selection import resolve_select_on
 from ssl_kd.weighting.config import MOVED_ALGO_KEYS
 
 
@@ -96,6 +97,7 @@ def validate(cfg: Config) -> None:
     in_range(t.momentum, 0.0, 1.0, "train.momentum", "e.g. 0.9")
     in_range(t.weight_decay, 0.0, float("inf"), "train.weight_decay", "e.g. 5e-4")
     check_schedule(t)
+    resolve_select_on(t.select_on, has_val=True)  # a valid name (whether there is a split is checked with the data)
     if cfg.algo is not None:
         check_algo_ranges(cfg.algo)
     if t.net:
@@ -139,7 +141,9 @@ def check_algo_ranges(algo_cfg: Any) -> None:
 
 
 def validate_for_data(cfg: Config, data: SSLData) -> None:
-    """Checks that need the dataset: a labelled batch far larger than the labelled set."""
+    """Checks that need the dataset: a labelled batch far larger than the labelled set, best.pt
+    chosen on a validation split that is not there."""
+    resolve_select_on(cfg.train.select_on, data.val_idx.numel() > 0)
     n = data.labelled_idx.numel()
     if n and cfg.train.batch_size > MAX_BATCH_REPEATS * n:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is far larger than the {n} labelled examples "

@@ -146,6 +146,6 @@ def test_last_is_each_runs_own_metric(tmp_path) -> None:
 
 
 def test_a_default_tuple_option_written_as_a_yaml_list_is_no_setting(tmp_path) -> None:
-    fake_run(tmp_path / "kd_s0", "kd", 0, 70.0, text_columns=["text"])  # config.yaml writes the default tuple as a list
+    fake_run(tmp_path / "kd_s0", "kd", 0, 70.0, text_columns=[])  # config.yaml writes the default tuple (empty: detected) as a list
     runs, _ = read_runs([tmp_path], "last_top1")
     assert runs[0].setting == "digits_30, 1000 steps"

@@ -14,8 +14,9 @@ import torch
 from ssl_kd.config import DataConfig
 from ssl_kd.data.family import DatasetFamily, RawData
 from ssl_kd.data.mismatch import UNSEEN, SeenClasses, mismatched_pool, seen_classes
+from ssl_kd.data.own import own_splits
 from ssl_kd.data.placement import check_placement
-from ssl_kd.data.types import PAD_MODES, TASK_KINDS, AugPolicy, SSLData, TextPolicy
+from ssl_kd.data.types import NO_LABEL, PAD_MODES, TASK_KINDS, AugPolicy, SSLData, TextPolicy
 from ssl_kd.errors import ConfigError, DataError
 from ssl_kd.registry import DATASETS, discover, unknown_name_message
 
@@ -66,7 +67,9 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
 
     With a label count, the unlabelled set is the whole training set minus validation (the
     FixMatch protocol: labelled examples included); without one, every non-validation example is
-    labelled and the unlabelled set is empty.
+    labelled and the unlabelled set is empty. The user's own data (a family giving
+    `RawData.train_part`) is split as `ssl_kd.data.own` says: their labels, their unlabelled
+    examples and their validation split.
 
     With `data.unlabelled_mismatch` the model has the family's seen classes only and the
     unlabelled pool is drawn as `ssl_kd.data.mismatch` says; the preset's labels per class
@@ -100,15 +103,20 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
         raise ConfigError(f"data.unlabelled_mismatch applies to presets with unlabelled data, not {name!r}; "
                           f"use e.g. {family.name}_<labels> or drop data.unlabelled_mismatch.")
     view = seen_classes(family, raw) if mismatch is not None else SeenClasses(raw.train_y, raw.test_x, raw.test_y, raw.class_names)
-    seen_y = view.train_y[view.train_y != UNSEEN]
-    check_class_sizes(name, seen_y.bincount(minlength=view.num_classes), data_cfg.val_per_class, per_class)
     generator = torch.Generator().manual_seed(data_cfg.split_seed)
-    val_idx, labelled_idx, rest_idx = split_indices(
-        view.train_y, view.num_classes, per_class, data_cfg.val_per_class, generator
-    )
-    unlabelled_idx, ood_idx = rest_idx if per_class is not None else torch.empty(0, dtype=torch.int64), None
-    if mismatch is not None:
-        unlabelled_idx, ood_idx = mismatched_pool(view.train_y, rest_idx, mismatch, generator)
+    ood_idx, pool_truth, note = None, True, ""
+    if raw.train_part is not None:  # the user's own data: their labelled, unlabelled and validation examples
+        own = own_splits(name, raw, num_classes, per_class, data_cfg, generator)
+        val_idx, labelled_idx, unlabelled_idx, pool_truth, note = (own.val_idx, own.labelled_idx, own.unlabelled_idx,
+                                                                   own.pool_truth, own.note)
+    else:
+        val_per_class = data_cfg.val_per_class or 0  # a benchmark carves none unless asked
+        seen_y = view.train_y[view.train_y != UNSEEN]
+        check_class_sizes(name, seen_y.bincount(minlength=view.num_classes), val_per_class, per_class)
+        val_idx, labelled_idx, rest_idx = split_indices(view.train_y, view.num_classes, per_class, val_per_class, generator)
+        unlabelled_idx = rest_idx if per_class is not None else torch.empty(0, dtype=torch.int64)
+        if mismatch is not None:
+            unlabelled_idx, ood_idx = mismatched_pool(view.train_y, rest_idx, mismatch, generator)
     train_y, noisy_idx = view.train_y, None
     if data_cfg.label_noise > 0:
         train_y, noisy_idx = flip_labels(
@@ -133,6 +141,9 @@ def build_dataset(name: str, data_cfg: DataConfig, data_dir: Path, download: boo
         train_gold=raw.train_gold,
         test_gold=raw.test_gold,
         task=family.task,
+        train_ids=raw.train_ids,
+        pool_truth=pool_truth,
+        split_note=note,
     )
 
 
@@ -160,7 +171,7 @@ def check_data_config(cfg: DataConfig) -> None:
     if share is not None and not 0.0 <= share <= 1.0:
         raise ConfigError(f"data.unlabelled_mismatch={share} is not a share; give a value in [0, 1] (e.g. 0.5), "
                           f"or none for the standard all-class setting.")
-    if cfg.val_per_class < 0:
+    if cfg.val_per_class is not None and cfg.val_per_class < 0:
         raise ConfigError(f"data.val_per_class={cfg.val_per_class} is negative; give 0 (no validation split) or more.")
     if cfg.pad_mode and cfg.pad_mode not in PAD_MODES:
         raise ConfigError(f"data.pad_mode={cfg.pad_mode!r} is not valid; use one of: {', '.join(PAD_MODES)} "
@@ -184,8 +195,9 @@ def check_task(family: DatasetFamily, raw: RawData, cfg: DataConfig) -> None:
 
 
 def check_labels(raw: RawData, family: str, num_classes: int) -> None:
-    """Labels outside 0..C-1 mean the files do not belong to this family."""
-    for split, labels in (("training", raw.train_y), ("test", raw.test_y)):
+    """Labels outside 0..C-1 mean the files do not belong to this family (a user's unlabelled
+    examples, NO_LABEL, have none)."""
+    for split, labels in (("training", raw.train_y[raw.train_y != NO_LABEL]), ("test", raw.test_y)):
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(
                 f"{family}: {split} labels range over {labels.min()}..{labels.max()}, expected "

@@ -35,6 +35,11 @@ class RawData:
     segments per example) and leave `train_x`/`test_x` empty: the data layer tokenises them with
     the network's tokenizer (ssl_kd.text.tokenise) into token ids (N,L). A regression task
     scored on float gold values (STS-B) gives them as `train_gold`/`test_gold` beside its classes.
+
+    A family reading the user's own data (ssl_kd.data.own) gives `train_part`: where each training
+    example came from (own.LABELLED, own.UNLABELLED labelled NO_LABEL, or own.VALIDATION, the user's
+    validation split), `train_ids` (each example's path or file:record) and `notes` (which files
+    or columns it chose, printed at start). Without `train_part` every example is labelled.
     """
 
     train_x: torch.Tensor
@@ -46,6 +51,9 @@ class RawData:
     test_text: list[tuple[str, ...]] | None = None
     train_gold: torch.Tensor | None = None  # float64 (N,) gold scores of a regression task
     test_gold: torch.Tensor | None = None
+    train_part: torch.Tensor | None = None  # int64 (N,) own.LABELLED / UNLABELLED / VALIDATION
+    train_ids: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

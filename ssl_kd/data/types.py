@@ -12,6 +12,9 @@ PAD_MODES = {"reflect": "reflect", "zeros": "constant"}  # AugPolicy.pad_mode ->
 # score (trained with MSE on the gold scores; the classes are then only bins of the score, used to
 # stratify the splits).
 TASK_KINDS = ("classification", "regression")
+# The label of a user's unlabelled example: no ground truth at all. Distinct from -1
+# (ssl_kd.data.mismatch.UNSEEN), a benchmark example of a class the model does not have.
+NO_LABEL = -2
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,15 @@ class SSLData:
     `task` is "classification" or "regression" (TASK_KINDS). A regression task trains on and is
     scored against `train_gold`/`test_gold`; its `train_y` holds the scores' bins, which stratify
     the splits only. `targets(idx)` is what a labelled batch trains on.
+
+    The user's own data (textfile, hfdataset, imagefolder; ssl_kd.data.own): the unlabelled
+    examples and a user's validation examples are rows of `train_x` too; an unlabelled one is
+    labelled NO_LABEL, and `pool_truth` is False when any example of the pool has no ground truth
+    (monitors that need it, such as pseudo-label accuracy, are then absent, never 0).
+    `train_ids` names every training example as the user knows it: an image's path, or
+    `<file or split>:<record number>` (counted from 1, header excluded) of a text row, whose text is
+    `train_text`; `tools/predict.py --unlabelled` writes them beside the pool's pseudo-labels.
+    `split_note` says at start how the splits were made (mode, sizes, class balance).
     """
 
     name: str
@@ -84,6 +96,9 @@ class SSLData:
     train_gold: torch.Tensor | None = None  # a regression task's float gold scores (STS-B), for its metric
     test_gold: torch.Tensor | None = None
     task: str = "classification"
+    train_ids: list[str] | None = None  # the user's own data: each training example's path or file:record
+    pool_truth: bool = True  # False: some unlabelled examples have no ground truth (the user's own)
+    split_note: str = ""  # how the splits were made, printed at start (the user's own data)
 
     @property
     def is_regression(self) -> bool:
@@ -110,7 +125,8 @@ class SSLData:
 
     def true_labels(self, idx: torch.Tensor) -> torch.Tensor:
         """Ground truth of training examples, to monitor pseudo-labels only (never to train on):
-        the label before any noise flip, and -1 for an unseen class (which no prediction matches)."""
+        the label before any noise flip, -1 for an unseen class (which no prediction matches), and
+        NO_LABEL for a user's unlabelled example (check `pool_truth` before monitoring with it)."""
         return (self.clean_y if self.clean_y is not None else self.train_y)[idx]
 
     @property

@@ -29,14 +29,15 @@ def spearman(a: Tensor, b: Tensor) -> float:
     return float(rho)
 
 
-def weight_diagnostics(scores: Tensor, weights: Tensor, confidence: Tensor, agreement: Tensor, correct: Tensor,
+def weight_diagnostics(scores: Tensor, weights: Tensor, confidence: Tensor, agreement: Tensor, correct: Tensor | None,
                        ood: Tensor | None = None, previous_scores: Tensor | None = None,
                        low_confidence: float = 0.95) -> dict[str, float]:
     """Figures for one probe set of pseudo-labelled examples.
 
     `scores` are influence scores (I < 0 helps), `weights` what the run would give them,
     `confidence` the teacher's maximum probability, `agreement` the student's probability of the
-    pseudo-label, `correct` whether the pseudo-label is right, `ood` whether the example comes
+    pseudo-label, `correct` whether the pseudo-label is right (None without ground truth: the
+    correct_* keys are then absent), `ood` whether the example comes
     from a class the labelled set lacks, `previous_scores` the same examples under the previous
     solve. Keys (all floats, NaN where undefined):
     - correct_auc_{weight,score,confidence,agreement}: ROC-AUC at ranking correct pseudo-labels first;
@@ -48,12 +49,13 @@ def weight_diagnostics(scores: Tensor, weights: Tensor, confidence: Tensor, agre
       student disagreeing with its target).
     """
     helpful = -scores
-    out = {"correct_auc_weight": roc_auc(weights, correct), "correct_auc_score": roc_auc(helpful, correct),
-           "correct_auc_confidence": roc_auc(confidence, correct), "correct_auc_agreement": roc_auc(agreement, correct),
-           "disagreement_spearman": spearman(scores.abs(), 1 - agreement)}
+    out = {"disagreement_spearman": spearman(scores.abs(), 1 - agreement)}
     low = confidence < low_confidence
-    for name, values in (("weight", weights), ("score", helpful), ("confidence", confidence)):
-        out[f"low_conf_correct_auc_{name}"] = roc_auc(values[low], correct[low]) if low.sum() > 1 else math.nan
+    if correct is not None:
+        out.update({"correct_auc_weight": roc_auc(weights, correct), "correct_auc_score": roc_auc(helpful, correct),
+                    "correct_auc_confidence": roc_auc(confidence, correct), "correct_auc_agreement": roc_auc(agreement, correct)})
+        for name, values in (("weight", weights), ("score", helpful), ("confidence", confidence)):
+            out[f"low_conf_correct_auc_{name}"] = roc_auc(values[low], correct[low]) if low.sum() > 1 else math.nan
     if ood is not None:
         out["ood_auc_weight"] = roc_auc(-weights, ood)
         out["ood_auc_confidence"] = roc_auc(-confidence, ood)

@@ -14,6 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ssl_kd.errors import DataError
 from ssl_kd.text.metrics import METRIC_PARTS
+from ssl_kd.trainer.selection import selected_on
 
 
 class RunLogger:
@@ -86,7 +87,8 @@ class RunLogger:
 
     def summary(self, steps: int, wall_s: float, median_last: int, extra: dict[str, Any] | None = None,
                 train_s: float | None = None) -> dict[str, Any]:
-        """Write and return summary.json. Test figures selected on the test split carry `oracle`
+        """Write and return summary.json. `selected_on` says what best.pt was chosen on (val, last,
+        or test: ssl_kd.trainer.selection). Test figures selected on the test split carry `oracle`
         in their name; a result to report is `median_<m>`, `last_<m>` or `test_<m>_at_best_val`, with
         <m> the run's metric (`task_metric`: top1, or a text task's official metric); a metric that is
         a mean (STS-B's pearson_spearman) has its parts beside it (`last_pearson`, `last_spearman`)."""
@@ -95,15 +97,16 @@ class RunLogger:
         summary: dict[str, Any] = {
             "metric": self.eval_key,
             "task_metric": m,
-            "selected_on": "val" if self.select_key != self.eval_key else "test",
+            "selected_on": selected_on(self.select_key, self.eval_key),
             f"last_{m}": accs[-1] if accs else None,
             f"median_{m}": statistics.median(accs[-median_last:]) if accs else None,
+            "median_over_last": min(median_last, len(accs)),  # evaluations in median_<m> (FixMatch's protocol: 20)
             f"best_test_{m}_oracle": max(accs, key=score, default=None),
         }
         prefix = self.eval_key[: -len(m)]
         last = self.history[-1] if self.history else {}
         summary.update({f"last_{part}": last.get(prefix + part) for part in METRIC_PARTS.get(m, ())})
-        if self.select_key != self.eval_key:
+        if selected_on(self.select_key, self.eval_key) == "val":
             best = max(self.history, key=lambda r: score(r[self.select_key]), default=None)
             summary[f"best_val_{m}"] = best[self.select_key] if best else None
             summary[f"test_{m}_at_best_val"] = best[self.eval_key] if best else None

@@ -1,6 +1,8 @@
 """Training-time monitors of unlabelled data that needs ground truth the algorithm never sees."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ssl_kd.algorithm import StepOutput
@@ -21,3 +23,12 @@ def ood_logs(ood: torch.Tensor, out: StepOutput) -> dict[str, torch.Tensor]:
         mask = out.mask.detach().float()
         logs["train/masked_ood_share"] = (mask * ood).sum() / mask.sum().clamp(min=1)
     return logs
+
+
+# monitors that are undefined on some steps (nan): absent from the logs then, never 0
+UNDEFINED_WHEN_NAN = ("train/masked_pseudo_label_acc",)
+
+
+def defined(scalars: dict[str, float]) -> dict[str, float]:
+    """`scalars` without the monitors that were undefined this step (the mask admitted nothing)."""
+    return {k: v for k, v in scalars.items() if not (k in UNDEFINED_WHEN_NAN and math.isnan(v))}

@@ -24,6 +24,7 @@ from ssl_kd.augment.views import make_view
 from ssl_kd.config import Config
 from ssl_kd.data.draws import KeyedDraws, example_keys
 from ssl_kd.data.feed import StepFeed
+from ssl_kd.data.own import no_unlabelled_message
 from ssl_kd.data.placement import place_data
 from ssl_kd.data.types import SSLData
 from ssl_kd.errors import CheckpointError, ConfigError
@@ -39,8 +40,9 @@ from ssl_kd.trainer.ema import make_ema, update_ema
 from ssl_kd.trainer.evaluate import data_metrics, predict
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger, run_hparams
-from ssl_kd.trainer.monitor import ood_logs
+from ssl_kd.trainer.monitor import defined, ood_logs
 from ssl_kd.trainer.optim import build_optimizer, record_optimizer
+from ssl_kd.trainer.selection import resolve_select_on, select_key
 from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid, views_text
 from ssl_kd.weighting.module import build_weights
 
@@ -97,10 +99,7 @@ class Trainer:
         self.algorithm.weights = build_weights(cfg.weights, self.algorithm)
         self.applied: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # weights, correct, unseen-class since the last evaluation
         if self.algorithm.needs_unlabelled and not self.data.has_unlabelled:
-            raise ConfigError(
-                f"algorithm {t.algo!r} needs unlabelled data but dataset {t.dataset!r} is fully labelled; "
-                f"use a preset with a label count such as {t.dataset.split('_')[0]}_<labels>, or a supervised/KD algorithm"
-            )
+            raise ConfigError(no_unlabelled_message(t.algo, t.dataset, self.data.train_ids is not None))
         self.labelled = StepFeed(self.data.labelled_idx, t.batch_size, t.seed, self.data.train_x, self.dist.shard)
         self.unlabelled = (
             StepFeed(self.data.unlabelled_idx, t.batch_size * t.uratio, t.seed + 1, self.data.train_x, self.dist.shard)
@@ -117,10 +116,11 @@ class Trainer:
 
     def metric_keys(self) -> tuple[str, str]:
         """(eval_key, select_key): the test figure the summary reports (the EMA's when one is kept,
-        as in FixMatch's protocol) and the one best.pt is chosen on (validation's when there is a split)."""
+        as in FixMatch's protocol) and the one best.pt is chosen on (train.select_on, ssl_kd.trainer.selection)."""
         eval_key = f"{'ema_' if self.ema_model is not None else ''}{self.metric}"
         prefix = eval_key[: -len(self.metric)]
-        return eval_key, f"{prefix}val_{self.metric}" if self.data.val_idx.numel() > 0 else eval_key
+        select_on = resolve_select_on(self.cfg.train.select_on, self.data.val_idx.numel() > 0)
+        return eval_key, select_key(select_on, eval_key, f"{prefix}val_{self.metric}")
 
     @property
     def wall_s(self) -> float:
@@ -169,13 +169,14 @@ class Trainer:
         with distributed.rank_rng(self.dist, self.cfg.train.seed, self.step, self.device, phase=1):
             self.algorithm.after_step()
         logs = {"loss/total": out.loss.detach(), **out.logs}
-        if out.pseudo_labels is not None and batch.idx_u is not None:
+        if out.pseudo_labels is not None and batch.idx_u is not None and out.mask is not None:
+            logs["train/mask_ratio"] = out.mask.float().mean()
+        if out.pseudo_labels is not None and batch.idx_u is not None and self.data.pool_truth:  # a user's pool has none
             truth = self.data.true_labels(batch.idx_u)  # -1 (never correct) for unseen classes
             correct = (out.pseudo_labels == truth).float()
             logs["train/pseudo_label_acc"] = 100.0 * correct.mean()
-            if out.mask is not None:
-                logs["train/mask_ratio"] = out.mask.float().mean()
-                logs["train/masked_pseudo_label_acc"] = 100.0 * (correct * out.mask).sum() / out.mask.sum().clamp(min=1)
+            if out.mask is not None:  # nan (not logged: ssl_kd.trainer.monitor.defined) when the mask admits nothing
+                logs["train/masked_pseudo_label_acc"] = 100.0 * (correct * out.mask).sum() / out.mask.sum()
             if out.weights is not None:
                 w = out.weights.float()
                 logs["train/weighted_pseudo_label_acc"] = 100.0 * (correct * w).sum() / w.sum().clamp(min=1e-12)
@@ -338,7 +339,7 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
-                    scalars = distributed.mean_scalars(logs, self.dist, self.device)  # every rank's, not rank 0's half
+                    scalars = defined(distributed.mean_scalars(logs, self.dist, self.device))  # every rank's, not rank 0's half
                     scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
                     scalars["time/step_s"] = time.perf_counter() - start
                     logger.scalars(scalars, self.step)

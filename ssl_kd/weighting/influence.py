@@ -301,7 +301,8 @@ class InfluenceWeights:
         if w.previous is not None and self.cfg.schedule != "static" and self.cfg.relative != "relatif":  # relatif: one factor kept
             previous = w.scores(feats, logits, targets, solution=w.previous)
         agreement = torch.softmax(logits, -1).gather(1, pseudo[:, None])[:, 0]
-        stats = weight_diagnostics(scores, weights, confidence, agreement, pseudo == d.true_labels(idx), ood, previous)
+        stats = weight_diagnostics(scores, weights, confidence, agreement, pseudo == d.true_labels(idx) if getattr(d, "pool_truth", True) else None,
+                                   ood, previous)
         return {f"probe/{k}": v for k, v in stats.items()}
 
     def eval_metrics(self) -> dict[str, Any]:
