@@ -139,7 +139,7 @@ def seal(folder: Path) -> None:
     and its SHA-256 recorded beside it."""
     mask = os.umask(0)
     os.umask(mask)
-    for path in sorted(folder.iterdir()):
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
         path.chmod(0o666 & ~mask)
         write_digest(path)
 
@@ -170,7 +170,7 @@ def write_error(err: Exception, out: Path) -> str | None:
     if getattr(err, "errno", None) == errno.ENOSPC or shutil.disk_usage(where).free < MIN_FREE_BYTES:
         return f"cannot write the export {out}: the disk is full; free space or choose another --out (nothing was left behind)"
     if isinstance(err, OSError):
-        return f"{os_error_message(err, Path(err.filename or out), 'write the export')} (nothing was left behind)"
+        return f"{os_error_message(err, out, 'write the export')} (nothing was left behind)"  # not the temporary's name
     return None
 
 
