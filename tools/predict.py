@@ -103,30 +103,32 @@ def check_args(args: argparse.Namespace) -> str:
     return FORMATS[args.out.suffix.lower()]
 
 
+def collect(args: argparse.Namespace, path: str) -> tuple[list[dict[str, Any]], Predictions | None]:
+    """The rows to write, and the predictions they come from (None for the pool's pseudo-labels)."""
+    if is_export_folder(Path(path)):
+        if args.unlabelled:
+            raise ConfigError(f"--unlabelled labels a run's unlabelled pool; {path} is an export: give the run folder")
+        from ssl_kd.run import pick_device
+
+        pred = predict_export(Path(path), lambda: read_lines(args.input), Path(args.input), max(1, args.batch_size),
+                              pick_device(args.device))
+    elif args.unlabelled:
+        from ssl_kd.pseudolabel import label_pool
+        from ssl_kd.run import load_run
+
+        return label_pool(load_run(path, args.device, args.data_dir), max(1, args.batch_size), args.min_confidence), None
+    else:
+        pred = run_predictions(args, path)
+    if pred.regression and args.min_confidence > 0:
+        raise ConfigError("--min-confidence filters class probabilities; a regression model predicts scores")
+    return prediction_rows(pred, args.min_confidence), pred
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         fmt = check_args(args)
-        path = run_argument(args)
-        pred = None
-        if is_export_folder(Path(path)):
-            if args.unlabelled:
-                raise ConfigError(f"--unlabelled labels a run's unlabelled pool; {path} is an export: give the run folder")
-            from ssl_kd.run import pick_device
-
-            pred = predict_export(Path(path), lambda: read_lines(args.input), Path(args.input), max(1, args.batch_size),
-                                  pick_device(args.device))
-        elif args.unlabelled:
-            from ssl_kd.pseudolabel import label_pool
-            from ssl_kd.run import load_run
-
-            rows = label_pool(load_run(path, args.device, args.data_dir), max(1, args.batch_size), args.min_confidence)
-        else:
-            pred = run_predictions(args, path)
-        if pred is not None:
-            if pred.regression and args.min_confidence > 0:
-                raise ConfigError("--min-confidence filters class probabilities; a regression model predicts scores")
-            rows = prediction_rows(pred, args.min_confidence)
+        rows, pred = collect(args, run_argument(args))
         header = csv_header(rows, pred)
         if args.out is None:
             write_rows(rows, fmt, sys.stdout, header)
