@@ -47,8 +47,10 @@ def influence_columns(run: Any, idx: Tensor, progress: bool) -> dict[str, list[f
             "weight": [round(w, 6) for w in ranking.weights.tolist()]}
 
 
-def label_pool(run: Any, batch_size: int, min_confidence: float = 0.0, progress: bool = True) -> list[dict[str, Any]]:
-    """One row per unlabelled example whose predicted class has at least `min_confidence` probability."""
+def label_pool(run: Any, batch_size: int, min_confidence: float = 0.0,
+               progress: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the column names, one row per unlabelled example whose predicted class has at least
+    `min_confidence` probability)."""
     data = run.data
     if data.is_regression:
         raise ConfigError(f"{run.cfg.train.dataset} is a regression task: its pool has scores, not class labels to write")
@@ -64,4 +66,4 @@ def label_pool(run: Any, batch_size: int, min_confidence: float = 0.0, progress:
                **influence_columns(run, idx, progress)}
     keep = (confidence >= min_confidence).tolist()
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return [row for row, kept in zip(rows, keep) if kept]
+    return list(columns), [row for row, kept in zip(rows, keep) if kept]

@@ -47,6 +47,8 @@ def test_min_confidence_keeps_the_confident_rows_as_json_lines(ssl_run, tmp_path
     cut = sorted(r["probability"] for r in rows)[len(rows) // 2]
     assert predict([str(ssl_run), "--unlabelled", "--min-confidence", str(cut), "--out", str(kept)]) == 0
     assert [json.loads(line) for line in kept.read_text().splitlines()] == [r for r in rows if r["probability"] >= cut]
+    assert predict([str(ssl_run), "--unlabelled", "--min-confidence", "1", "--out", str(tmp_path / "none.csv")]) == 0
+    assert (tmp_path / "none.csv").read_text().splitlines() == ["index,prediction,probability"]  # the header still says what
 
 
 def test_a_run_with_influence_weights_writes_each_examples_score_and_weight(tmp_path):

@@ -84,12 +84,9 @@ def write_rows(rows: list[dict[str, Any]], fmt: str, stream: TextIO, header: lis
         writer.writerow([v for value in row.values() for v in (value.values() if isinstance(value, dict) else [value])])
 
 
-def csv_header(rows: list[dict[str, Any]], pred: Predictions | None) -> list[str]:
-    if pred is not None and not pred.regression:  # the class columns even when no row passed --min-confidence
-        return ["input", "prediction", *pred.class_names]
-    if pred is not None:
-        return ["input", "score"]
-    return list(rows[0]) if rows else ["index", "prediction", "probability"]
+def csv_header(pred: Predictions) -> list[str]:
+    """The input, then its score (regression) or its class and every class's probability."""
+    return ["input", "score"] if pred.regression else ["input", "prediction", *pred.class_names]
 
 
 def check_args(args: argparse.Namespace) -> str:
@@ -103,8 +100,8 @@ def check_args(args: argparse.Namespace) -> str:
     return FORMATS[args.out.suffix.lower()]
 
 
-def collect(args: argparse.Namespace, path: str) -> tuple[list[dict[str, Any]], Predictions | None]:
-    """The rows to write, and the predictions they come from (None for the pool's pseudo-labels)."""
+def collect(args: argparse.Namespace, path: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the CSV header, the rows to write)."""
     if is_export_folder(Path(path)):
         if args.unlabelled:
             raise ConfigError(f"--unlabelled labels a run's unlabelled pool; {path} is an export: give the run folder")
@@ -116,20 +113,19 @@ def collect(args: argparse.Namespace, path: str) -> tuple[list[dict[str, Any]], 
         from ssl_kd.pseudolabel import label_pool
         from ssl_kd.run import load_run
 
-        return label_pool(load_run(path, args.device, args.data_dir), max(1, args.batch_size), args.min_confidence), None
+        return label_pool(load_run(path, args.device, args.data_dir), max(1, args.batch_size), args.min_confidence)
     else:
         pred = run_predictions(args, path)
     if pred.regression and args.min_confidence > 0:
         raise ConfigError("--min-confidence filters class probabilities; a regression model predicts scores")
-    return prediction_rows(pred, args.min_confidence), pred
+    return csv_header(pred), prediction_rows(pred, args.min_confidence)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         fmt = check_args(args)
-        rows, pred = collect(args, run_argument(args))
-        header = csv_header(rows, pred)
+        header, rows = collect(args, run_argument(args))
         if args.out is None:
             write_rows(rows, fmt, sys.stdout, header)
         else:
