@@ -78,3 +78,29 @@ def test_sweep_refuses_a_split_seed_clash_and_bad_variants(tmp_path):
     assert bad.returncode == 2 and "LABEL=" in bad.stderr
     twice = run_tool("tools/sweep.py", "--algos", "kd", "--variant", "kd=--algo kd", "--dataset", "digits_30", "--out", str(tmp_path))
     assert twice.returncode == 2 and "repeat (kd)" in twice.stderr
+
+
+def test_every_tool_takes_a_run_folder_or_a_checkpoint_the_same_way(tmp_path, capsys):
+    """eval, explain, export and predict: RUN (a folder or a checkpoint file) positionally, or --ckpt as before."""
+    from ssl_kd.cli import main as train_main
+    from tests.conftest import quick_args
+    from tests.test_plugins import load_tool
+
+    run = tmp_path / "run"
+    assert train_main(quick_args(run, "supervised", 1)) == 0
+    ckpt = run / "checkpoints" / "last.pt"
+    capsys.readouterr()
+    assert load_tool("eval").main([str(run), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 1
+    assert load_tool("eval").main([str(ckpt), "--device", "cpu"]) == 0
+    assert load_tool("explain").main([str(ckpt), "--top", "2", "--limit", "40", "--no-tensorboard", "--no-progress",
+                                      "--out", str(tmp_path / "explain")]) == 0
+    assert load_tool("export").main(["--ckpt", str(ckpt), "--out", str(tmp_path / "export")]) == 0
+    assert load_tool("predict").main([str(run), "--unlabelled", "--out", str(tmp_path / "labels.csv")]) == 0
+    capsys.readouterr()
+    for tool in ("eval", "explain", "export", "predict"):
+        extra = ["--out", str(tmp_path / "x")] if tool == "export" else []
+        assert load_tool(tool).main([str(run), "--ckpt", str(tmp_path / "other.pt"), *extra]) == 2
+        assert load_tool(tool).main(extra) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2 and "two checkpoints" in err[0] and "no run given" in err[1]

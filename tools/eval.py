@@ -1,5 +1,5 @@
 """Print the test metrics of a checkpoint as one JSON object:
-`python tools/eval.py --ckpt runs/<run>/checkpoints/last.pt`.
+`python tools/eval.py runs/<run>` (its checkpoints/last.pt) or `python tools/eval.py runs/<run>/checkpoints/best.pt`.
 
 Evaluates the raw model, its EMA and, for teacher-student runs (kd, kdaif, mpl), the teacher;
 per-class accuracy is keyed by class name; a text task's official metric is computed against its float
@@ -14,13 +14,14 @@ from typing import Any
 
 from ssl_kd.errors import SSLKDError
 from ssl_kd.run import LoadedRun, load_run
+from ssl_kd.toolargs import add_run_argument, run_argument
 from ssl_kd.trainer.evaluate import evaluate_data
 from ssl_kd.trainer.logger import rounded
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="checkpoint file or run folder")
+    add_run_argument(p)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
     p.add_argument("--data-dir", default="", help="data folder if it moved since training")
     p.add_argument("--plugin", action="append", default=[],
@@ -53,10 +54,11 @@ def teacher_model(run: LoadedRun) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        run = load_run(args.ckpt, args.device, args.data_dir, args.plugin)
+        path = run_argument(args)
+        run = load_run(path, args.device, args.data_dir, args.plugin)
         d = run.data
         models = {"model": run.model, "ema": run.ema_model, "teacher": teacher_model(run)}
-        result: dict[str, Any] = {"ckpt": args.ckpt, "step": run.step, "algo": run.cfg.train.algo,
+        result: dict[str, Any] = {"ckpt": path, "step": run.step, "algo": run.cfg.train.algo,
                                   "dataset": run.cfg.train.dataset}
         for key, model in models.items():
             if model is not None:

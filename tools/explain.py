@@ -1,6 +1,8 @@
 """Explain a run: which training examples helped or hurt its model, by influence.
 
-    python tools/explain.py --ckpt runs/<run>/checkpoints/last.pt [--test-index N] [--top 32] [--limit N]
+    python tools/explain.py runs/<run> [--test-index N] [--top 32] [--limit N]
+
+RUN is a run folder (its checkpoints/last.pt) or a checkpoint file (`--ckpt FILE` still works).
 
 Writes into <run>/explain/ a PNG grid of the most helpful and most harmful training images (with
 labels, pseudo-labels, scores and weights), a weight histogram and a CSV of every example's
@@ -19,12 +21,13 @@ from pathlib import Path
 from ssl_kd.errors import ConfigError, SSLKDError
 from ssl_kd.influence import write_report
 from ssl_kd.influence.explain import SPLITS
+from ssl_kd.toolargs import add_run_argument, run_argument
 from ssl_kd.trainer.rundir import os_error_message
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a checkpoint of a run, e.g. runs/x/checkpoints/last.pt")
+    add_run_argument(parser)
     parser.add_argument("--test-index", type=int, default=None, help="explain this test example instead of the validation loss")
     parser.add_argument("--top", type=int, default=32, help="examples shown per side (helpful, harmful)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ssl_kd.run import load_run
 
-        run = load_run(args.ckpt, args.device, args.data_dir, args.plugin)
+        path = run_argument(args)
+        run = load_run(path, args.device, args.data_dir, args.plugin)
         if run.data.is_regression:  # the influence module differentiates cross-entropy on class labels
             from ssl_kd.data.build import class_form_hint
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"{class_form_hint(run.cfg.train.dataset, ', e.g. of its classification form ')}")
         model = run.ema_model if args.model == "ema" and run.ema_model is not None else run.model
         if run.run_dir is None and not args.out:  # a copy kept elsewhere: never write into whatever folder holds it
-            print(f"error: {args.ckpt} is not inside the run folder it belongs to; give --out FOLDER for the explanation",
+            print(f"error: {path} is not inside the run folder it belongs to; give --out FOLDER for the explanation",
                   file=sys.stderr)
             return 2
         run_dir = Path(run.run_dir) if run.run_dir is not None else None
