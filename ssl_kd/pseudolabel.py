@@ -23,9 +23,11 @@ def pool_indices(data: SSLData) -> Tensor:
 
 
 def example_columns(data: SSLData, idx: Tensor) -> dict[str, list[Any]]:
-    """The columns that say which example a row is: its dataset index, and its text for text data.
-    (Where a dataset records the image files of its pool, their paths belong here too.)"""
+    """The columns that say which example a row is: its dataset index, the user's own name for it
+    (an image's path, or `file:record` of a text row) when the data is the user's, and its text."""
     columns: dict[str, list[Any]] = {"index": idx.tolist()}
+    if data.train_ids is not None:
+        columns["id"] = [data.train_ids[i] for i in columns["index"]]
     if data.train_text is not None:
         columns["text"] = [data.train_text[i] for i in columns["index"]]
     return columns

@@ -196,3 +196,20 @@ def test_text_column_detection_and_the_unlabelled_txt_file(text_env, tmp_path):
     assert data.val_idx.tolist() == [22, 23, 24, 25] and data.labelled_idx.numel() == 20  # validation.csv, no carving
     with pytest.raises(ConfigError, match="one text column, or two"):
         build_dataset("textfile", DataConfig(folder=str(folder), text_columns=("a", "b", "c")), tmp_path, False)
+
+
+def test_the_pseudo_labels_of_an_image_pool_name_each_file(tmp_path, run_cli):
+    """The user's unlabelled/ folder comes back from predict --unlabelled with each image's path (issue 26)."""
+    import csv
+
+    from tests.test_plugins import load_tool
+
+    root = write_images(tmp_path / "set")
+    code, _ = run_cli(image_args(tmp_path, root))
+    assert code == 0
+    out = tmp_path / "pool.csv"
+    assert load_tool("predict").main([str(tmp_path / "run"), "--unlabelled", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["id"]).relative_to(root / "unlabelled").as_posix() for r in rows] == \
+        ["a.png", "b.jpg", "deep/c.png", "deep/er/d.png", "e.png"]
+    assert {r["prediction"] for r in rows} <= {"ant", "bee", "cat"}
