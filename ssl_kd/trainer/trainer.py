@@ -35,7 +35,7 @@ from ssl_kd.trainer import distributed
 from ssl_kd.trainer.amp import autocast_for
 from ssl_kd.trainer.checkpoint import RESUME_KEYS, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import compile_network
-from ssl_kd.trainer.ema import make_ema, update_ema
+from ssl_kd.trainer.ema import make_ema, update_ema, warmup_decay
 from ssl_kd.trainer.evaluate import data_metrics, predict
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger, run_hparams
@@ -164,8 +164,8 @@ class Trainer:
         out.loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        if self.ema_model is not None:
-            update_ema(self.ema_model, self.model, self.cfg.train.ema)
+        if self.ema_model is not None:  # t = the steps before this one: `step` in the checkpoint keeps resume exact
+            update_ema(self.ema_model, self.model, warmup_decay(self.cfg.train.ema, self.step))
         with distributed.rank_rng(self.dist, self.cfg.train.seed, self.step, self.device, phase=1):
             self.algorithm.after_step()
         logs = {"loss/total": out.loss.detach(), **out.logs}
