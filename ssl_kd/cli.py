@@ -424,11 +424,13 @@ def compare(plan: Plan, summary: dict[str, Any], algo: str, as_json: bool = Fals
     if not distributed.env_is_main():
         return
     report(other, other_dir, other_cfg, as_json)
+    text = sys.stderr if as_json else sys.stdout  # --json: stdout holds the two summaries' JSON alone
     t = cfg.train
     m = summary.get("task_metric", "top1")
     print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test {m} (%) of the "
-          f"{'EMA' if summary['metric'].startswith('ema_') else 'raw'} model")
+          f"{'EMA' if summary['metric'].startswith('ema_') else 'raw'} model", file=text)
     best = f"test_{m}_at_best_val" if f"test_{m}_at_best_val" in summary else f"best_test_{m}_oracle"
-    print(f"{'algorithm':<12} {'last':>7} {'median':>7} {best:>22} {'wall s':>8}  run folder")
+    print(f"{'algorithm':<12} {'last':>7} {'median':>7} {best:>22} {'wall s':>8}  run folder", file=text)
     for name, s, folder in ((t.algo, summary, t.out), (algo, other, other_cfg.train.out)):
-        print(f"{name:<12} {s[f'last_{m}']:>7.2f} {s[f'median_{m}']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}")
+        print(f"{name:<12} {s[f'last_{m}']:>7.2f} {s[f'median_{m}']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}",
+              file=text)

@@ -155,3 +155,12 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, run_cli, 
     assert run_cli(["--resume", str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "fork")])[0] == 0
     assert "nothing written" in capsys.readouterr().err and not (tmp_path / "fork").exists()
     assert folder_digest(out) == before  # byte for byte: config.yaml, summary.json, tb/ and checkpoints
+
+
+def test_compare_with_json_keeps_stdout_to_the_two_summaries(tmp_path, run_cli, capsys):
+    assert run_cli(quick_args(tmp_path / "run", "fixmatch", 2, "--compare", "supervised", "--json"))[0] == 0
+    captured = capsys.readouterr()
+    first, other = (json.loads(line) for line in captured.out.splitlines())
+    assert first == json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert other == json.loads((tmp_path / "run_supervised" / "summary.json").read_text())
+    assert "algorithm" in captured.err and "run_supervised" in captured.err  # the side-by-side table
