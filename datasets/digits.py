@@ -51,7 +51,6 @@ register_dataset(
             "batch_size": 32,
             "uratio": 4,
             "weight_decay": 5e-4,
-            "eval_every": 250,
             "ema": 0.99,  # 0.999 averages over ~1000 steps: too slow for a 1,500-step budget
         },
         presets=(30, 100),

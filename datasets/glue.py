@@ -40,7 +40,6 @@ GLUE_PROTOCOL = {
     # for 100+ steps, and 2e-4 beat 5e-5 for the whole 6-layer MiniLM too (val 86.5 against 81.0)
     "lr": 2e-4,
     "weight_decay": 0.01,
-    "eval_every": 500,
     "eval_batch_size": 256,
     "ema": 0.0,  # Hugging Face fine-tuning keeps no weight average
     "channels_last": False,

@@ -145,7 +145,7 @@ register_dataset(
         num_classes=0,  # counted from the training class folders
         policy=AugPolicy(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), flip=True),  # ImageNet's statistics
         load=load_image_folder,
-        protocol=dict(FIXMATCH_PROTOCOL),
+        protocol={**FIXMATCH_PROTOCOL, "eval_every": 0},  # your data: 20 evaluations over any --steps (train.evals)
         classes=list_classes,
         options=("image_size", "decode_cache"),
         description="your images in ImageFolder layout (<folder>/train/<class>/*.jpg, unlabelled/, test/ and/or "

@@ -20,10 +20,11 @@ from ssl_kd.data.types import SSLData
 from ssl_kd.errors import ConfigError, SSLKDError
 from ssl_kd.plugins import load_plugins, load_recorded, with_history
 from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
+from ssl_kd.report import summary_text
 from ssl_kd.run import (algorithm_class, build_data, config_from_dict, config_summary, pick_device, resolve_config, validate,
                         validate_for_data)
 from ssl_kd.trainer.checkpoint import RESUME_KEYS, load_checkpoint, resolve_checkpoint
-from ssl_kd.trainer.logger import RunLogger, read_metrics
+from ssl_kd.trainer.logger import RunLogger, read_metrics, run_finished
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.selection import SELECT_ON, describe, resolve_select_on
 from ssl_kd.trainer.rundir import RunDir, check_belongs, never_saved, new_run_id, os_error_message
@@ -51,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="clear the run folder first if it already holds a run")
     p.add_argument("--seed", type=int, help=f"training seed: initialisation, batches, augmentation (default: {d.seed})")
     p.add_argument("--steps", type=int, help="total training steps (default: the dataset preset's)")
-    p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: the preset's)")
+    p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: 20 evaluations over "
+                                                  "--steps, train.evals; the CIFAR/SVHN presets: every 5000, FixMatch's protocol)")
     p.add_argument("--batch-size", type=int, help="labelled batch size B (default: the preset's)")
     p.add_argument("--uratio", type=int, help="mu: unlabelled batch = uratio * batch size (default: the preset's)")
     p.add_argument("--lr", type=float,
@@ -72,7 +74,10 @@ def parser() -> argparse.ArgumentParser:
                    help="with --resume and a different --steps: change the run's total (a new schedule from here on)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
                    help="a Python file or importable module registering extra algorithms/datasets/networks")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in log files)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per evaluation instead (log files, clusters, CI)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON on stdout (it is always written to RUN/summary.json)")
     p.add_argument("--list", action="store_true", help="list algorithms, datasets and networks, then exit")
     return p
 
@@ -154,6 +159,7 @@ class Plan:
     overwrite: bool = False
     run_id: str = ""  # the run folder's identity, recorded in config.yaml and every checkpoint
     fork: bool = False  # resume `ckpt` into a new folder (--resume CKPT --out NEW) rather than its own
+    complete: bool = False  # --resume of a run that finished: nothing to do, nothing written
 
 
 def prepare(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
@@ -206,6 +212,8 @@ def resume_plan(args: argparse.Namespace, flags: dict[str, Any]) -> Plan:
     plugins = with_history(recorded, load_recorded(recorded, args.plugin, f"the run {ckpt.parent.parent}"), int(state["step"]))
     cfg = config_from_dict(state["config"])
     steps = flags.get("steps", cfg.train.steps)
+    if steps == cfg.train.steps and int(state["step"]) >= steps and (fork or run_finished(run_dir)):
+        return Plan(cfg, run_dir, ckpt, fork=fork, complete=True)
     if steps != cfg.train.steps:
         check_extension(cfg, int(state["step"]), steps, args.extend)
     for key, value in flags.items():
@@ -325,6 +333,27 @@ def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool, dist: 
     return summary
 
 
+def report(summary: dict[str, Any], run_dir: Path, cfg: Config, as_json: bool) -> None:
+    """The finished run for a person (stderr when stdout carries the JSON of `--json`)."""
+    if as_json:
+        print(json.dumps(summary))
+    print(summary_text(summary, run_dir, cfg), file=sys.stderr if as_json else sys.stdout)
+
+
+def report_complete(plan: Plan, as_json: bool) -> int:
+    """`--resume` of a finished run: one line, nothing written (with --json, its saved summary)."""
+    steps = plan.cfg.train.steps
+    if plan.fork:
+        print(f"{plan.ckpt} ends a finished run ({steps} of {steps} steps): nothing to train, nothing written to "
+              f"{plan.run_dir}; to train on from it, add --steps N --extend", file=sys.stderr)
+        return 0
+    print(f"run {plan.run_dir} is complete ({steps} of {steps} steps): nothing to do, its folder is left as it is; results in "
+          f"{plan.run_dir / 'summary.json'}; to train on: --resume {plan.run_dir} --steps N --extend", file=sys.stderr)
+    if as_json:
+        print(json.dumps(json.loads((plan.run_dir / "summary.json").read_text())))
+    return 0
+
+
 def ood_note(data: SSLData) -> str:
     return f" (unseen classes: {data.ood_idx.numel()})" if data.ood_idx is not None else ""
 
@@ -353,13 +382,15 @@ def run_main(args: argparse.Namespace) -> int:
             print(list_registered())
             return 0
         plan = make_plan(args)
+        if plan.complete:
+            return report_complete(plan, args.json)
         if args.compare:
             algorithm_class(args.compare)  # an unknown name fails now, not after the first run
         summary = train(plan.cfg, plan.run_dir, plan.ckpt, plan.plugins, plan.overwrite, plan.run_id, plan.fork)
         if distributed.env_is_main():  # under torchrun only rank 0 prints (the others' summary is empty)
-            print(json.dumps(summary))
+            report(summary, plan.run_dir, plan.cfg, args.json)
         if args.compare:
-            compare(plan, summary, args.compare)
+            compare(plan, summary, args.compare, args.json)
     except SSLKDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -389,7 +420,7 @@ def compare_dir(cfg: Config, algo: str) -> Path:
     return out.with_name(f"{out.name}_{algo}")
 
 
-def compare(plan: Plan, summary: dict[str, Any], algo: str) -> None:
+def compare(plan: Plan, summary: dict[str, Any], algo: str, as_json: bool = False) -> None:
     """Train `algo` with the run's training and data settings (its own algorithm defaults) in a
     sibling folder, and print the two results side by side."""
     cfg = plan.cfg
@@ -399,12 +430,14 @@ def compare(plan: Plan, summary: dict[str, Any], algo: str) -> None:
     other = train(other_cfg, other_dir, None, plan.plugins, plan.overwrite)
     if not distributed.env_is_main():
         return
-    print(json.dumps(other))
+    report(other, other_dir, other_cfg, as_json)
+    text = sys.stderr if as_json else sys.stdout  # --json: stdout holds the two summaries' JSON alone
     t = cfg.train
     m = summary.get("task_metric", "top1")
     print(f"\n{t.dataset}, {t.steps} steps, seed {t.seed}: test {m} (%) of the "
-          f"{'EMA' if summary['metric'].startswith('ema_') else 'raw'} model")
+          f"{'EMA' if summary['metric'].startswith('ema_') else 'raw'} model", file=text)
     best = f"test_{m}_at_best_val" if f"test_{m}_at_best_val" in summary else f"best_test_{m}_oracle"
-    print(f"{'algorithm':<12} {'last':>7} {'median':>7} {best:>22} {'wall s':>8}  run folder")
+    print(f"{'algorithm':<12} {'last':>7} {'median':>7} {best:>22} {'wall s':>8}  run folder", file=text)
     for name, s, folder in ((t.algo, summary, t.out), (algo, other, other_cfg.train.out)):
-        print(f"{name:<12} {s[f'last_{m}']:>7.2f} {s[f'median_{m}']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}")
+        print(f"{name:<12} {s[f'last_{m}']:>7.2f} {s[f'median_{m}']:>7.2f} {s[best]:>22.2f} {s['wall_s']:>8.1f}  {folder}",
+              file=text)

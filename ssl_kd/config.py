@@ -26,7 +26,8 @@ class TrainConfig:
     net: str = ""  # empty: the dataset preset's network
     seed: int = 0
     steps: int = 2**20
-    eval_every: int = 5000
+    eval_every: int = 0  # evaluate and checkpoint every N steps; 0: `evals` evaluations spread over the run
+    evals: int = 20  # evaluations per run when eval_every is 0 (the last step always evaluates)
     log_every: int = 10  # TensorBoard scalars every N steps
     batch_size: int = 64  # labelled batch B
     uratio: int = 7  # mu: the unlabelled batch is mu * B
@@ -60,6 +61,10 @@ class TrainConfig:
     select_on: str = ""
     progress: bool = True
     extended: list[str] = field(default_factory=list)  # a record of every `--resume --extend` (step, old and new total)
+
+    def eval_interval(self) -> int:
+        """Steps between evaluations: `eval_every`, else `steps / evals` rounded up (300 steps: every 15)."""
+        return self.eval_every or -(-self.steps // self.evals)
 
 
 @dataclass
@@ -98,6 +103,8 @@ class DataConfig:
 # data options that decide where the data lives or whether decoded images are cached, never a result
 # (runs differing only in them are comparable: ssl_kd.paired pairs them)
 LOCATION_ONLY = ("placement", "device_budget", "decode_cache")
+# data options only one modality reads (TensorBoard's HParams tab leaves out the other's)
+MODALITY_ONLY = {"image": ("pad_mode", "image_size"), "text": ("max_length", "text_columns", "label_column", "test_fraction")}
 
 
 @dataclass

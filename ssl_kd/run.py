@@ -79,12 +79,12 @@ def validate(cfg: Config) -> None:
     """Refuse values outside their ranges with one line naming the key and the fix (the data
     section is checked where the dataset is built: ssl_kd.data.build.check_data_config)."""
     t = cfg.train
-    for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every"):
+    for key in ("steps", "batch_size", "evals", "eval_batch_size", "log_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
     if t.steps > MAX_STEPS:  # e.g. 1e30: a typo that would otherwise start a run that never ends
         raise ConfigError(f"train.steps={t.steps} is more than {MAX_STEPS:,}; give the number of steps you mean, e.g. --steps 100000")
-    for key in ("uratio", "warmup_steps", "save_every", "check_finite_every", "median_last"):
+    for key in ("uratio", "eval_every", "warmup_steps", "save_every", "check_finite_every", "median_last"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
     for section in SECTIONS:

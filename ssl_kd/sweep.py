@@ -26,6 +26,7 @@ from tqdm import tqdm
 import yaml
 
 from ssl_kd.errors import ConfigError, SSLKDError
+from ssl_kd.trainer.logger import run_finished
 
 TRAIN = ["-m", "ssl_kd", "train"]  # after sys.executable: the installed package's train command
 IGNORED = ("train.out", "train.progress")  # differ without changing what a run computes
@@ -111,11 +112,6 @@ def differences(run_dir: Path, planned: dict) -> list[str]:
             and not (k in RESOLVED_AT_START and now.get("train.optimizer") == "auto")]
 
 
-def finished(run_dir: Path) -> bool:
-    summary = run_dir / "summary.json"
-    return summary.exists() and not json.loads(summary.read_text()).get("interrupted")
-
-
 def check_reuse(tasks: list[tuple[Variant, int]], common: list[str], out: Path, vary_split: bool,
                 overwrite: bool) -> set[tuple[str, int]]:
     """Resolve every run's config before any starts; the finished runs whose config differs from
@@ -125,7 +121,7 @@ def check_reuse(tasks: list[tuple[Variant, int]], common: list[str], out: Path, 
         what = f"run {variant.label} seed {seed}"
         planned = planned_config(train_args(variant, seed, common, out, vary_split), what)
         run_dir = out / f"{variant.label}_s{seed}"
-        if not finished(run_dir):
+        if not run_finished(run_dir):
             continue
         diff = differences(run_dir, planned)
         if diff and not overwrite:
@@ -139,7 +135,7 @@ def check_reuse(tasks: list[tuple[Variant, int]], common: list[str], out: Path, 
 
 def run_one(variant: Variant, seed: int, common: list[str], out: Path, vary_split: bool = False, rerun: bool = False) -> dict:
     run_dir = out / f"{variant.label}_s{seed}"
-    if rerun or not finished(run_dir):
+    if rerun or not run_finished(run_dir):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         cmd = [sys.executable, *TRAIN, *train_args(variant, seed, common, out, vary_split)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -65,7 +65,7 @@ def test_resume_incompatible_checkpoint(tmp_path, run_cli, capsys):
     state = torch.load(ckpt, weights_only=False)
     state["model"] = {"head.weight": torch.zeros(3, 3)}
     torch.save(state, ckpt)
-    err = run_error(run_cli, capsys, ["--resume", str(out)])
+    err = run_error(run_cli, capsys, ["--resume", str(out), "--steps", "2", "--extend"])  # finished: train on, so it loads
     assert "does not fit" in err
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ssl_kd.cli import compare_dir, doc_line, first_sentence, list_registered, parser
 from ssl_kd.config import Config, TrainConfig
-from ssl_kd.trainer.trainer import progress_postfix
+from ssl_kd.trainer.progress import progress_postfix
 from tests.conftest import quick_args
 from tests.test_plugins import load_tool
 

@@ -140,7 +140,9 @@ def test_every_weight_schedule_runs(tmp_path, schedule):
 
 def test_kd_mode_weights_find_flipped_labels(tmp_path, run_cli):
     """With a teacher trained for 30 steps and 30% of the labels flipped, low weight finds the
-    flipped labels well above chance after 10 steps (measured 0.74; 0.79 after 40)."""
+    flipped labels above chance after 10 steps (measured 0.65; 0.71 after 40). Before the EMA's
+    warm-up (issue 26) the teacher, that run's EMA, predicted one class (10% top1) and the AUC was
+    0.73 (0.78 after 40); it is now at 50.6%, and the student learns from it."""
     teacher = tmp_path / "teacher"
     assert train_main(quick_args(teacher, "supervised", 30, "--dataset", "digits")) == 0
     out = tmp_path / "run"
@@ -148,7 +150,7 @@ def test_kd_mode_weights_find_flipped_labels(tmp_path, run_cli):
                                                              "--set", "data.val_per_class=5")))
     assert code == 0
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert row["noise_auc"] > 0.65
+    assert row["noise_auc"] > 0.6
 
 
 def test_static_schedule_needs_a_weight_warmup(tmp_path):

@@ -301,11 +301,11 @@ def test_only_rank_0_prints_the_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(cli, "train", lambda *args, **kwargs: {})
     monkeypatch.setenv("RANK", "1")
-    assert cli.main(quick_args(tmp_path / "run", "supervised", 2)) == 0
+    assert cli.main(quick_args(tmp_path / "run", "supervised", 2, "--json")) == 0
     assert capsys.readouterr().out == ""
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(cli, "train", lambda *args, **kwargs: {"steps": 2})
-    assert cli.main(quick_args(tmp_path / "run", "supervised", 2)) == 0
+    assert cli.main(quick_args(tmp_path / "run", "supervised", 2, "--json")) == 0
     assert json.loads(capsys.readouterr().out) == {"steps": 2}
 
 

@@ -11,9 +11,13 @@ from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from ssl_kd.config import LOCATION_ONLY, MODALITY_ONLY
 from ssl_kd.errors import DataError
 from ssl_kd.text.metrics import METRIC_PARTS
+from ssl_kd.trainer.optim import SGD_ONLY
+from ssl_kd.trainer.schedule import SCHEDULE_OPTIONS
 from ssl_kd.trainer.selection import selected_on
 
 
@@ -41,7 +45,7 @@ class RunLogger:
             self.history = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
-        self.hparam_values: dict[str, Any] = {}
+        self.resumed = resume_step is not None
 
     def scalars(self, values: dict[str, float | torch.Tensor], step: int) -> None:
         for key, value in values.items():
@@ -59,9 +63,17 @@ class RunLogger:
     def text(self, tag: str, text: str, step: int) -> None:
         self.tb.add_text(tag, text, step)
 
-    def hparams(self, values: dict[str, Any]) -> None:
-        """The run's settings, written with its summary figures to TensorBoard's HParams tab."""
-        self.hparam_values = values
+    def hparams(self, values: dict[str, Any], median_last: int) -> None:
+        """Open the run's one session in TensorBoard's HParams tab: its settings and the summary
+        figures it reports, whose values every summary() logs as `hparam/<figure>` scalars. A run
+        resumed in its own folder continues the session its start opened."""
+        if self.resumed:
+            return
+        figures = {f"hparam/{k}": 0.0 for k in self.figures(0, 0.0, median_last) if k.startswith(FIGURE_PREFIXES)}
+        experiment, session_start, _ = hparams_summaries(values, figures)
+        for summary in (experiment, session_start):
+            self.tb.file_writer.add_summary(summary)
+        self.tb.flush()
 
     def per_class(self, row: dict[str, Any]) -> None:
         """Per-class accuracies (`per_class`, `ema_per_class`, ...) as scalars named by class."""
@@ -87,8 +99,19 @@ class RunLogger:
 
     def summary(self, steps: int, wall_s: float, median_last: int, extra: dict[str, Any] | None = None,
                 train_s: float | None = None) -> dict[str, Any]:
-        """Write and return summary.json. `selected_on` says what best.pt was chosen on (val, last,
-        or test: ssl_kd.trainer.selection). Test figures selected on the test split carry `oracle`
+        """Write and return summary.json (`figures`), and log its figures for the HParams tab."""
+        summary = self.figures(steps, wall_s, median_last, extra, train_s)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for key, value in summary.items():
+            if key.startswith(FIGURE_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb.add_scalar(f"hparam/{key}", value, steps)
+        self.tb.flush()
+        return summary
+
+    def figures(self, steps: int, wall_s: float, median_last: int, extra: dict[str, Any] | None = None,
+                train_s: float | None = None) -> dict[str, Any]:
+        """The run's summary. `selected_on` says what best.pt was chosen on (val, last, or test:
+        ssl_kd.trainer.selection). Test figures selected on the test split carry `oracle`
         in their name; a result to report is `median_<m>`, `last_<m>` or `test_<m>_at_best_val`, with
         <m> the run's metric (`task_metric`: top1, or a text task's official metric); a metric that is
         a mean (STS-B's pearson_spearman) has its parts beside it (`last_pearson`, `last_spearman`)."""
@@ -120,29 +143,43 @@ class RunLogger:
             "steps_per_s": steps / train_s if train_s > 0 else None,
             **(extra or {}),
         })
-        summary = rounded(summary)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if self.hparam_values:
-            figures = {f"hparam/{k}": v for k, v in summary.items() if isinstance(v, (int, float))
-                       and not isinstance(v, bool) and k.startswith(("last_", "median_", "test_", "best_"))}
-            self.tb.add_hparams(self.hparam_values, figures, run_name=".")  # "." : beside the run's other events
-        return summary
+        return rounded(summary)
 
     def close(self) -> None:
         self.tb.close()
 
 
-def run_hparams(cfg: Any) -> dict[str, Any]:
-    """The settings a run is compared by in TensorBoard's HParams tab: train.* and algo.* scalars
-    (lists and None as text), so runs of different algorithms share one table."""
+FIGURE_PREFIXES = ("last_", "median_", "test_", "best_")  # the summary's results, the HParams tab's metrics
+NOT_SETTINGS = ("out", "data_dir", "extended", "progress", "device", "evals")  # where and how it ran, not what
+
+
+def run_hparams(cfg: Any, modality: str = "image", device_type: str = "cpu", distributed: bool = False) -> dict[str, Any]:
+    """The settings a run is compared by in TensorBoard's HParams tab: the train.*, data.*, algo.*
+    and weights.* values that apply to it (lists and None as text), so runs of different algorithms
+    share one table. `cfg.train` is the config as it runs (`record_optimizer`); the evaluation
+    interval is the resolved one."""
+    t = cfg.train
+    skip = {*NOT_SETTINGS, *(k for keys in SCHEDULE_OPTIONS.values() for k in keys)} - set(SCHEDULE_OPTIONS[t.lr_schedule])
+    skip |= set(SGD_ONLY) if t.optimizer == "adamw" else set()
+    skip |= {"channels_last", "amp"} if device_type != "cuda" else {"cpu_amp"}
+    skip |= set() if modality == "image" else {"channels_last"}
+    skip |= set() if distributed else {"sync_bn", "dist_timeout_s"}
+    data_skip = {*LOCATION_ONLY, *(k for m, keys in MODALITY_ONLY.items() if m != modality for k in keys)}
     out: dict[str, Any] = {}
-    for section, values in (("train", dataclasses.asdict(cfg.train)),
-                            ("algo", dataclasses.asdict(cfg.algo) if cfg.algo is not None else {})):
+    for section, values, skipped in (("train", {**dataclasses.asdict(t), "eval_every": t.eval_interval()}, skip),
+                                     ("data", dataclasses.asdict(cfg.data), data_skip),
+                                     ("algo", dataclasses.asdict(cfg.algo) if cfg.algo is not None else {}, set()),
+                                     ("weights", dataclasses.asdict(cfg.weights) if cfg.weights.active else {"kind": "none"}, set())):
         for key, value in values.items():
-            if key in ("out", "data_dir", "extended", "progress", "device"):
-                continue
-            out[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+            if key not in skipped:
+                out[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return out
+
+
+def run_finished(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` wrote the summary of a run that was not interrupted."""
+    summary = run_dir / "summary.json"
+    return summary.exists() and not json.loads(summary.read_text()).get("interrupted")
 
 
 def score(value: float) -> float:

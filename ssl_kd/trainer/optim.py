@@ -21,6 +21,7 @@ from ssl_kd.errors import ConfigError
 from ssl_kd.trainer.schedule import linear_factor, lr_factor, make_optimizer
 
 OPTIMIZERS = ("auto", "sgd", "adamw")
+SGD_ONLY = ("momentum", "nesterov")  # TrainConfig keys AdamW does not read
 ADAMW_WARMUP_FRACTION = 0.1
 
 

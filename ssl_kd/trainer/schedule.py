@@ -17,6 +17,7 @@ import torch
 from ssl_kd.errors import ConfigError
 
 LR_SCHEDULES = ("cosine", "multistep", "linear")
+SCHEDULE_OPTIONS = {"cosine": ("cosine_cycles",), "multistep": ("lr_milestones", "lr_decay"), "linear": ()}  # TrainConfig keys each reads
 
 
 def cosine_factor(step: int, total_steps: int, cycles: float, warmup: int = 0) -> float:

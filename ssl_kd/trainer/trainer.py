@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -36,12 +37,13 @@ from ssl_kd.trainer import distributed
 from ssl_kd.trainer.amp import autocast_for
 from ssl_kd.trainer.checkpoint import RESUME_KEYS, copy_checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from ssl_kd.trainer.compile import compile_network
-from ssl_kd.trainer.ema import make_ema, update_ema
+from ssl_kd.trainer.ema import make_ema, update_ema, warmup_decay
 from ssl_kd.trainer.evaluate import data_metrics, predict
 from ssl_kd.trainer.guard import FiniteGuard
 from ssl_kd.trainer.logger import RunLogger, run_hparams
 from ssl_kd.trainer.monitor import defined, ood_logs
 from ssl_kd.trainer.optim import build_optimizer, record_optimizer
+from ssl_kd.trainer.progress import evaluation_line, progress_postfix
 from ssl_kd.trainer.selection import resolve_select_on, select_key
 from ssl_kd.trainer.tbviews import log_evaluation_pictures, views_grid, views_text
 from ssl_kd.weighting.module import build_weights
@@ -164,8 +166,8 @@ class Trainer:
         out.loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        if self.ema_model is not None:
-            update_ema(self.ema_model, self.model, self.cfg.train.ema)
+        if self.ema_model is not None:  # t = the steps before this one: `step` in the checkpoint keeps resume exact
+            update_ema(self.ema_model, self.model, warmup_decay(self.cfg.train.ema, self.step))
         with distributed.rank_rng(self.dist, self.cfg.train.seed, self.step, self.device, phase=1):
             self.algorithm.after_step()
         logs = {"loss/total": out.loss.detach(), **out.logs}
@@ -329,8 +331,11 @@ class Trainer:
 
             if (table := views_text(self.data, load_tokenizer(t.net))) is not None:
                 logger.text("views/none_weak_strong", table, 0)  # the sentences as the views see them
-        logger.hparams(run_hparams(self.cfg))
+        logger.hparams(run_hparams(self.cfg, self.data.modality, self.device.type, self.dist.enabled), t.median_last)
         stopping = False
+        scalars: dict[str, float] = {}
+        self.since_eval = (self.step, self.train_s)  # the evaluation line's time per step covers the steps since the last one
+        session = (self.step, time.perf_counter())  # its ETA: this session's pace, evaluations and checkpoints included
         with StopRequest() as stop:
             while self.step < t.steps and not stopping:
                 start = time.perf_counter()
@@ -348,11 +353,14 @@ class Trainer:
                     bar.set_postfix(progress_postfix(scalars, last_eval, logger.eval_key))
                 self.train_s += time.perf_counter() - start
                 bar.update(1)
-                if self.step % t.eval_every == 0 or self.step == t.steps:
+                if self.step % t.eval_interval() == 0 or self.step == t.steps:
                     self.check_finite()  # never evaluate (or save) diverged weights
                     last_eval = self.evaluate()
                     self.save(best=logger.evaluation(last_eval))
                     self.log_pictures(logger)
+                    bar.set_postfix(progress_postfix(scalars, last_eval, logger.eval_key))
+                    if not t.progress and self.dist.is_main:
+                        print(self.evaluation_line(last_eval, logger, session), file=sys.stderr, flush=True)
                 elif t.save_every and self.step % t.save_every == 0:
                     self.save()
                 elif self.guard.due(self.step):
@@ -364,6 +372,16 @@ class Trainer:
             raise Interrupted(stop.signum, self.step)
         return last_eval
 
+    def evaluation_line(self, row: dict[str, Any], logger: RunLogger, session: tuple[int, float]) -> str:
+        """`--no-progress`: the evaluation as one plain line (the reported figure, the raw model's,
+        the one best.pt is chosen on; lr, training seconds per step since the last line, ETA)."""
+        step_before, train_before = self.since_eval
+        self.since_eval = (self.step, self.train_s)
+        step_s = (self.train_s - train_before) / max(1, self.step - step_before)
+        eta_s = (time.perf_counter() - session[1]) / max(1, self.step - session[0]) * (self.cfg.train.steps - self.step)
+        return evaluation_line(row, (logger.eval_key, self.metric, logger.select_key), self.cfg.train.steps,
+                               self.optimizer.param_groups[0]["lr"], step_s, eta_s)
+
     def stop_agreed(self, stop: StopRequest) -> bool:
         """Whether a signal stops the run after this step. Under torchrun the processes get a signal
         at different moments (or only one gets it), so they decide together at log steps and at the
@@ -374,14 +392,6 @@ class Trainer:
         if self.step % self.cfg.train.log_every and self.step != self.cfg.train.steps:
             return False
         return not distributed.all_true(not stop.requested)
-
-
-def progress_postfix(scalars: dict[str, float], last_eval: dict[str, Any], eval_key: str) -> dict[str, str]:
-    """The bar's loss, and the evaluated accuracy under its own name once there is one."""
-    postfix = {"loss": f"{scalars['loss/total']:.3f}"}
-    if eval_key in last_eval:
-        postfix[f"test_{eval_key}"] = f"{last_eval[eval_key]:.1f}"
-    return postfix
 
 
 class Interrupted(KeyboardInterrupt):
