@@ -116,7 +116,9 @@ def rank_training_examples(
     elif data.val_idx.numel() > 0:
         reference = f"the validation split ({ref_rows.numel():,} examples)"
     else:
-        reference = f"the labelled training split ({ref_rows.numel():,} examples; the run has no validation split)"
+        # a labelled example is then part of its own reference: a flipped label lowers its own loss, so it looks helpful
+        reference = (f"the labelled training split ({ref_rows.numel():,} examples; the run has no validation split, so "
+                     "labelled examples are scored against a loss that includes their own)")
     scored = _scored(int(labelled.sum()), int((~labelled).sum()))
     labels = data.train_y[idx.to(data.train_y.device)].to(device)
     pseudo = logits.argmax(1)
