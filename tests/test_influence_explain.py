@@ -49,6 +49,7 @@ def test_ranking_orders_and_labels(tiny):
     assert torch.equal(ranking.targets[~lab], ranking.pseudo_labels[~lab])
     one = rank_training_examples(model, data, test_index=3, split="labelled")
     assert one.reference.startswith("test example 3 (label") and one.indices.numel() == 40 and int(one.flipped.sum()) == 4
+    assert torch.all(one.scores[one.order()][:-1] <= one.scores[one.order()][1:])  # one test example: by the raw score
     with pytest.raises(ConfigError, match="out of range"):
         rank_training_examples(model, data, test_index=10_000)
 

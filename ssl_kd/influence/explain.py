@@ -8,7 +8,7 @@ of their own reference), or against one chosen test example. Labelled examples a
 their (possibly flipped) labels, the others with the model's own predictions as pseudo-labels
 (what FixMatch-style training used; a teacher-student run used its teacher's targets instead).
 Raw scores separate whole classes, so the report ranks by the score z-scored within each target
-class and also lists each example's loss, which finds flipped labels better (BENCHMARKS.md, issue 26).
+class (for one test example: by the raw score) and also lists each example's loss, which finds flipped labels better (BENCHMARKS.md, issue 26).
 """
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ class Ranking:
     loss: Tensor  # the model's cross-entropy on the target (what a loss ranking sorts by)
     reference: str  # the split (or test example) whose loss the influence is measured on
     scored: str  # the training examples ranked
+    # order by class_z (against a split's loss); for one test example the raw score is the explanation
+    # (the training examples of the class it was predicted as helped it), so it orders by that
+    within_class: bool = True
 
     @property
     def class_z(self) -> Tensor:
@@ -63,9 +66,13 @@ class Ranking:
         return z
 
     def order(self) -> Tensor:
-        """Row positions from most helpful (most negative class_z) to most harmful; ties by score."""
+        """Row positions from most helpful to most harmful: by class_z (ties by score) if `within_class`, else by score."""
         by_score = torch.argsort(self.scores, stable=True)
-        return by_score[torch.argsort(self.class_z[by_score], stable=True)]
+        return by_score[torch.argsort(self.class_z[by_score], stable=True)] if self.within_class else by_score
+
+    @property
+    def ordered_by(self) -> str:
+        return "influence z-scored within each target class (z < 0 helps)" if self.within_class else "influence (I < 0 helps)"
 
 
 def training_split(data: SSLData, split: str) -> tuple[Tensor, Tensor]:
@@ -135,7 +142,7 @@ def rank_training_examples(
         flipped = torch.isin(idx, data.noisy_idx.cpu())
     loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
     return Ranking(idx, scores.cpu(), weights.cpu(), labels.cpu(), targets.cpu(), pseudo.cpu(), labelled, flipped, loss.cpu(),
-                   reference, scored)
+                   reference, scored, within_class=test_index is None)
 
 
 def _scored(labelled: int, unlabelled: int) -> str:
@@ -196,7 +203,7 @@ def _grid_figure(data: SSLData, ranking: Ranking, top: int) -> Any:
     cols = min(8, k)
     rows_per_block = math.ceil(k / cols)
     fig = Figure(figsize=(2.0 * cols, 2.6 * 2 * rows_per_block + 0.6))
-    fig.suptitle(f"{title_of(ranking)}; ranked by influence z-scored within each target class (z < 0 helps)", fontsize=9)
+    fig.suptitle(f"{title_of(ranking)}; ranked by {ranking.ordered_by}", fontsize=9)
     for b, (title, rows) in enumerate(blocks):
         for j, r in enumerate(rows.tolist()):
             ax = fig.add_subplot(2 * rows_per_block, cols, b * rows_per_block * cols + j + 1)
@@ -232,7 +239,7 @@ def _histogram_figure(ranking: Ranking) -> Any:
     return fig
 
 
-# class_z orders the rows; score is the raw influence; loss, the model's cross-entropy on the target,
+# class_z (or, for one test example, score) orders the rows; score is the raw influence; loss, the model's cross-entropy on the target,
 # is the baseline for finding mislabelled examples (it ranks flipped labels better: BENCHMARKS.md, issue 26)
 CSV_COLUMNS = ["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "class_z", "score", "loss", "weight"]
 
