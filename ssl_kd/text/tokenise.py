@@ -101,14 +101,11 @@ def continuation_ids(tokenizer: Any) -> tuple[int, ...]:
     prefix = definition["model"].get("continuing_subword_prefix")
     pre = json.dumps(definition.get("pre_tokenizer"))
     marker = next((m for kind, m in WORD_START_MARKERS.items() if f'"{kind}"' in pre), None)
-    if prefix:
-        continues = lambda piece: piece.startswith(prefix)  # noqa: E731
-    elif marker:
-        continues = lambda piece: not piece.startswith(marker)  # noqa: E731
-    else:
+    if not prefix and not marker:
         return ()
     special = set(tokenizer.all_special_ids)
-    return tuple(sorted(i for piece, i in tokenizer.get_vocab().items() if continues(piece) and i not in special))
+    return tuple(sorted(i for piece, i in tokenizer.get_vocab().items()
+                        if i not in special and (piece.startswith(prefix) if prefix else not piece.startswith(marker))))
 
 
 def _key(tokenizer: Any, max_length: int, raw: RawData) -> str:
