@@ -75,7 +75,35 @@ class Context:
 
 
 class Algorithm:
-    """Base class of every algorithm. `self.model` is the network the trainer optimises."""
+    """Base class of every algorithm. What a subclass can read, all set before `train_step` runs
+    (tests/test_plugin_contract.py checks these names exist; README "Adding an algorithm" lists them too):
+
+    - `self.model`: the network the trainer optimises; `self.model(x)` returns `(logits, features)`.
+    - `self.cfg`: the algorithm's `Config` instance (`--set algo.<field>=...`).
+    - `self.step`: optimiser steps done before this `train_step` (0 at the first), set by the trainer;
+      with `self.ctx.total_steps` (the run's `train.steps`) it gives ramps and schedules their progress.
+    - `self.ctx.num_classes`, `self.ctx.device`, `self.ctx.autocast` (callable: the forward passes'
+      autocast context), `self.ctx.make_net` (callable(name): a new network, e.g. a teacher).
+    - `self.ctx.data`: the dataset (`ssl_kd.data.types.SSLData`: `self.ctx.data.policy`,
+      `self.ctx.data.class_names`, `self.ctx.data.modality`, `self.ctx.data.is_regression`,
+      `self.ctx.data.labelled_idx`, `self.ctx.data.unlabelled_idx`).
+    - `self.ctx.train_cfg`: the run's `ssl_kd.config.TrainConfig` (`self.ctx.train_cfg.batch_size`,
+      `self.ctx.train_cfg.uratio`, `self.ctx.train_cfg.lr`, `self.ctx.train_cfg.seed`).
+    - `self.ctx.ema_model`: the trainer's EMA of `self.model` (updated after every optimiser step,
+      None with `train.ema=0`): read it (e.g. as a teacher), never train it.
+    - `self.weights`: the weighting module (`weights.kind`); an algorithm with `takes_weights = True`
+      multiplies its per-example terms by `self.weigh(mask, features, logits, targets, idx, confidence)`.
+    - `self.thresholder` (FixMatch and its subclasses, made by `self.make_thresholder`): a
+      `ssl_kd.components.Thresholder`; `mask(probs)` is the confidence mask, `update(probs, idx)`
+      observes a batch (FlexMatch swaps it).
+
+    `train_step(batch)` receives a `Batch` (`batch.x_l`, `batch.y_l`, `batch.idx_l`, `batch.x_u`,
+    `batch.idx_u`) and returns a `StepOutput`: `out.loss` (required, a scalar the trainer
+    backpropagates); optional `out.logs`, `out.pseudo_labels` and `out.mask` (one per unlabelled
+    example, for the pseudo-label accuracy and mask ratio), `out.weights`, `out.histograms`.
+    Optional hooks: `self.after_step`, `self.eval_model`, `self.eval_metrics`, `self.state_dict` /
+    `self.load_state_dict` (state beyond the model, its EMA and optimiser, kept in checkpoints).
+    """
 
     Config: ClassVar[type] = NoConfig
     labelled_views: ClassVar[tuple[str, ...]] = ("weak",)

@@ -10,6 +10,7 @@ import torch
 from benchmarks.toy import TinyMLP, digits_ssl_data
 from ssl_kd.errors import ConfigError
 from ssl_kd.influence import rank_training_examples, write_report
+from ssl_kd.trainer.evaluate import predict
 from tests.conftest import quick_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,15 +35,48 @@ def test_ranking_orders_and_labels(tiny):
     model, data = tiny
     ranking = rank_training_examples(model, data, split="all", limit=200)
     assert ranking.indices.numel() == 200
-    assert torch.all(ranking.scores[ranking.order()][:-1] <= ranking.scores[ranking.order()][1:])
+    z = ranking.class_z[ranking.order()]
+    assert torch.all(z[:-1] <= z[1:])
+    labelled = int(ranking.labelled.sum())
+    assert ranking.reference == "the validation split (30 examples)"
+    assert ranking.scored == f"{labelled} labelled and {200 - labelled} unlabelled (pseudo-labelled) training examples"
+    logits, _ = predict(model, data.train_x, data.policy, 512, rows=ranking.indices)
+    expected_loss = torch.nn.functional.cross_entropy(logits.float(), ranking.targets, reduction="none")
+    torch.testing.assert_close(ranking.loss, expected_loss, rtol=1e-4, atol=1e-5)
     assert float(ranking.weights.mean()) == pytest.approx(1.0, rel=1e-4)
     lab = ranking.labelled
     assert torch.equal(ranking.targets[lab], ranking.labels[lab])
     assert torch.equal(ranking.targets[~lab], ranking.pseudo_labels[~lab])
     one = rank_training_examples(model, data, test_index=3, split="labelled")
     assert one.reference.startswith("test example 3 (label") and one.indices.numel() == 40 and int(one.flipped.sum()) == 4
+    assert torch.all(one.scores[one.order()][:-1] <= one.scores[one.order()][1:])  # one test example: by the raw score
     with pytest.raises(ConfigError, match="out of range"):
         rank_training_examples(model, data, test_index=10_000)
+
+
+def test_class_z_ranks_within_each_target_class():
+    """Raw scores that sort whole classes apart (class 1 all above class 0) still put each class's
+    own outliers at the ends: z-scored per target class, the order interleaves the classes."""
+    from ssl_kd.influence.explain import Ranking
+
+    targets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = torch.tensor([-9.0, -8.0, -7.0, -1.0, 1.0, 7.0, 8.0, 9.0])  # the outliers: -1 in class 0, 1 in class 1
+    n = targets.numel()
+    ranking = Ranking(torch.arange(n), scores, torch.ones(n), targets, targets, targets, torch.ones(n, dtype=torch.bool),
+                      torch.zeros(n, dtype=torch.bool), torch.zeros(n), "the validation split (8 examples)", "8 labelled")
+    for c in (0, 1):
+        z = ranking.class_z[targets == c]
+        assert float(z.mean()) == pytest.approx(0, abs=1e-6) and float(z.std(unbiased=False)) == pytest.approx(1, rel=1e-5)
+    order = ranking.order().tolist()
+    assert order[0] == 4 and order[-1] == 3  # class 1's lowest helps most, class 0's highest hurts most
+
+
+def test_reference_without_a_validation_split_is_named_the_labelled_training_split():
+    torch.manual_seed(0)
+    data = digits_ssl_data(num_labelled=40, num_val=0)
+    ranking = rank_training_examples(TinyMLP(hidden=8), data, split="unlabelled", limit=50)
+    assert ranking.reference.startswith("the labelled training split (40 examples; the run has no validation split")
+    assert ranking.scored == "50 unlabelled (pseudo-labelled) training examples"
 
 
 def test_report_files_written(tiny, tmp_path):
@@ -58,7 +92,7 @@ def test_report_files_written(tiny, tmp_path):
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 40 and sum(int(r["flipped"]) for r in rows) == 4
-    assert float(rows[0]["score"]) <= float(rows[-1]["score"])
+    assert float(rows[0]["class_z"]) <= float(rows[-1]["class_z"]) and {"score", "loss"} <= set(rows[0])
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 

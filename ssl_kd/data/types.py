@@ -38,8 +38,9 @@ class TextPolicy:
     """How a text dataset's token ids (N,L), right-padded with `pad_id`, are augmented.
 
     Ids come from the network's tokenizer, so the policy is made with the tokenised data
-    (ssl_kd.text.tokenise). Rates are per content token (special tokens and padding never change):
-    the strong view masks, then deletes, then cuts a span (Shen et al. 2020, "cutoff").
+    (ssl_kd.text.tokenise). Rates are per word (a first word piece and the pieces in
+    `continuation_ids` that follow it; special tokens and padding never change): the strong view
+    masks, then deletes, then cuts a span of whole words (Shen et al. 2020, "cutoff").
     `metric` names the task's official metric (ssl_kd.text.metrics), reported beside top1.
     """
 
@@ -47,9 +48,10 @@ class TextPolicy:
     pad_id: int = -1  # the ids are -1/() in a family's declaration until tokenisation fills them in
     mask_id: int = -1
     special_ids: tuple[int, ...] = ()  # [CLS], [SEP], [PAD], ... of the tokenizer
+    continuation_ids: tuple[int, ...] = ()  # pieces that continue a word (WordPiece's "##ably"); () : each piece a word
     mask_rate: float = 0.1
     delete_rate: float = 0.1
-    span_fraction: float = 0.1  # length of the cut span, as a fraction of the sentence's content tokens
+    span_fraction: float = 0.1  # length of the cut span, as a fraction of the sentence's words
     metric: str = "accuracy"
 
 

@@ -2,10 +2,13 @@
 
 The ranking reuses the head-restricted machinery of the weighter (one solve, then every example's
 score in chunks of matrix products, so the whole training set takes about as long as its forward
-pass): training examples are scored against the mean validation loss, or against one chosen test example.
-Labelled examples are scored with their (possibly flipped) labels, the others with the model's
-own predictions as pseudo-labels (what FixMatch-style training used; a teacher-student run used
-its teacher's targets instead).
+pass): training examples are scored against the mean loss of the reference, the validation split
+(the labelled training split when the run has none: then the ranked labelled examples are part
+of their own reference), or against one chosen test example. Labelled examples are scored with
+their (possibly flipped) labels, the others with the model's own predictions as pseudo-labels
+(what FixMatch-style training used; a teacher-student run used its teacher's targets instead).
+Raw scores separate whole classes, so the report ranks by the score z-scored within each target
+class (for one test example: by the raw score) and also lists each example's loss, which finds flipped labels better (BENCHMARKS.md, issue 26).
 """
 from __future__ import annotations
 
@@ -43,11 +46,33 @@ class Ranking:
     pseudo_labels: Tensor  # the model's prediction
     labelled: Tensor  # bool
     flipped: Tensor  # bool: label flipped by the noise probe
-    reference: str  # what the influence is measured on
+    loss: Tensor  # the model's cross-entropy on the target (what a loss ranking sorts by)
+    reference: str  # the split (or test example) whose loss the influence is measured on
+    scored: str  # the training examples ranked
+    # order by class_z (against a split's loss); for one test example the raw score is the explanation
+    # (the training examples of the class it was predicted as helped it), so it orders by that
+    within_class: bool = True
+
+    @property
+    def class_z(self) -> Tensor:
+        """Each score as a z-score among the ranked examples of its target class: raw influence sorts
+        whole classes apart (one class's examples all help, another's all hurt), so only a within-class
+        rank can point at a mislabelled example."""
+        z = torch.zeros_like(self.scores)
+        for c in self.targets.unique().tolist():
+            rows = self.targets == c
+            group = self.scores[rows]
+            z[rows] = (group - group.mean()) / group.std(unbiased=False).clamp_min(1e-30) if rows.sum() > 1 else 0.0
+        return z
 
     def order(self) -> Tensor:
-        """Row positions from most helpful (most negative score) to most harmful."""
-        return torch.argsort(self.scores)
+        """Row positions from most helpful to most harmful: by class_z (ties by score) if `within_class`, else by score."""
+        by_score = torch.argsort(self.scores, stable=True)
+        return by_score[torch.argsort(self.class_z[by_score], stable=True)] if self.within_class else by_score
+
+    @property
+    def ordered_by(self) -> str:
+        return "influence z-scored within each target class (z < 0 helps)" if self.within_class else "influence (I < 0 helps)"
 
 
 def training_split(data: SSLData, split: str) -> tuple[Tensor, Tensor]:
@@ -95,8 +120,13 @@ def rank_training_examples(
     if test_index is not None:
         reference = (f"test example {test_index} (label {_name(data, int(ref_y[0]))}, "
                      f"predicted {_name(data, int(ref_logits[0].argmax()))})")
+    elif data.val_idx.numel() > 0:
+        reference = f"the validation split ({ref_rows.numel():,} examples)"
     else:
-        reference = f"the {'validation' if data.val_idx.numel() > 0 else 'labelled'} split ({ref_rows.numel()} examples)"
+        # a labelled example is then part of its own reference: a flipped label lowers its own loss, so it looks helpful
+        reference = (f"the labelled training split ({ref_rows.numel():,} examples; the run has no validation split, so "
+                     "labelled examples are scored against a loss that includes their own)")
+    scored = _scored(int(labelled.sum()), int((~labelled).sum()))
     labels = data.train_y[idx.to(data.train_y.device)].to(device)
     pseudo = logits.argmax(1)
     targets = torch.where(labelled.to(device), labels, pseudo)
@@ -110,7 +140,15 @@ def rank_training_examples(
     flipped = torch.zeros_like(labelled)
     if data.noisy_idx is not None:
         flipped = torch.isin(idx, data.noisy_idx.cpu())
-    return Ranking(idx, scores.cpu(), weights.cpu(), labels.cpu(), targets.cpu(), pseudo.cpu(), labelled, flipped, reference)
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    return Ranking(idx, scores.cpu(), weights.cpu(), labels.cpu(), targets.cpu(), pseudo.cpu(), labelled, flipped, loss.cpu(),
+                   reference, scored, within_class=test_index is None)
+
+
+def _scored(labelled: int, unlabelled: int) -> str:
+    """"1,000 labelled training examples", "2,000 unlabelled (pseudo-labelled) training examples", or both."""
+    parts = ([f"{labelled:,} labelled"] if labelled else []) + ([f"{unlabelled:,} unlabelled (pseudo-labelled)"] if unlabelled else [])
+    return f"{' and '.join(parts)} training examples"
 
 
 def _forward(model: nn.Module, x: Any, rows: Tensor, policy: Any, batch_size: int, desc: str,
@@ -150,17 +188,22 @@ def _name(data: SSLData, label: int) -> str:
     return data.class_names[label] if label < len(data.class_names) else str(label)
 
 
+def title_of(ranking: Ranking) -> str:
+    """What was ranked against what: the scored examples and the reference split, both named."""
+    return f"Influence of {ranking.scored} on the loss of {ranking.reference}"
+
+
 def _grid_figure(data: SSLData, ranking: Ranking, top: int) -> Any:
     """Most helpful (top block) and most harmful (bottom block) images with their annotations."""
     from matplotlib.figure import Figure
 
-    order = ranking.order()
+    order, z = ranking.order(), ranking.class_z
     k = min(top, order.numel())
     blocks = [("most helpful", order[:k]), ("most harmful", order.flip(0)[:k])]
     cols = min(8, k)
     rows_per_block = math.ceil(k / cols)
-    fig = Figure(figsize=(2.0 * cols, 2.3 * 2 * rows_per_block + 0.6))
-    fig.suptitle(f"influence on {ranking.reference} (I < 0 helps)")
+    fig = Figure(figsize=(2.0 * cols, 2.6 * 2 * rows_per_block + 0.6))
+    fig.suptitle(f"{title_of(ranking)}; ranked by {ranking.ordered_by}", fontsize=9)
     for b, (title, rows) in enumerate(blocks):
         for j, r in enumerate(rows.tolist()):
             ax = fig.add_subplot(2 * rows_per_block, cols, b * rows_per_block * cols + j + 1)
@@ -171,7 +214,8 @@ def _grid_figure(data: SSLData, ranking: Ranking, top: int) -> Any:
             kind = "label" if ranking.labelled[r] else "true"
             flip = " FLIPPED" if ranking.flipped[r] else ""
             ax.set_title(f"{title if j == 0 else ''}\n#{int(ranking.indices[r])} {kind} {_name(data, int(ranking.labels[r]))}"
-                         f" pl {_name(data, int(ranking.pseudo_labels[r]))}{flip}\nI={float(ranking.scores[r]):.2e}"
+                         f" pl {_name(data, int(ranking.pseudo_labels[r]))}{flip}\nz={float(z[r]):.2f}"
+                         f" loss={float(ranking.loss[r]):.2f}\nI={float(ranking.scores[r]):.1e}"
                          f" w={float(ranking.weights[r]):.2f}", fontsize=7, loc="left")
     fig.tight_layout()
     return fig
@@ -189,24 +233,26 @@ def _histogram_figure(ranking: Ranking) -> Any:
             label=[f"{name} ({int(mask.sum())})" for name, mask in present])
     ax.set_xlabel("influence weight")
     ax.set_ylabel("examples")
-    ax.set_title(f"weights from influence on {ranking.reference}")
+    ax.set_title(f"weights of {ranking.scored}\nfrom their influence on the loss of {ranking.reference}", fontsize=8)
     ax.legend()
     fig.tight_layout()
     return fig
 
 
-CSV_COLUMNS = ["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "score", "weight"]
+# class_z (or, for one test example, score) orders the rows; score is the raw influence; loss, the model's cross-entropy on the target,
+# is the baseline for finding mislabelled examples (it ranks flipped labels better: BENCHMARKS.md, issue 26)
+CSV_COLUMNS = ["rank", "index", "split", "label", "target", "pseudo_label", "flipped", "class_z", "score", "loss", "weight"]
 
 
 def ranked_rows(data: SSLData, ranking: Ranking) -> list[list[Any]]:
     """One row of CSV_COLUMNS per ranked example, most helpful first (each column read from its
     tensor once: per-element tensor reads cost seconds on a whole training set)."""
     order = ranking.order()
-    columns = [getattr(ranking, name)[order].tolist()
-               for name in ("indices", "labelled", "labels", "targets", "pseudo_labels", "flipped", "scores", "weights")]
+    columns = [getattr(ranking, name)[order].tolist() for name in
+               ("indices", "labelled", "labels", "targets", "pseudo_labels", "flipped", "class_z", "scores", "loss", "weights")]
     return [[rank, index, "labelled" if labelled else "unlabelled", _name(data, label), _name(data, target),
-             _name(data, pseudo), int(flipped), f"{score:.6e}", f"{weight:.6f}"]
-            for rank, (index, labelled, label, target, pseudo, flipped, score, weight) in enumerate(zip(*columns))]
+             _name(data, pseudo), int(flipped), f"{z:.3f}", f"{score:.6e}", f"{loss:.4f}", f"{weight:.6f}"]
+            for rank, (index, labelled, label, target, pseudo, flipped, z, score, loss, weight) in enumerate(zip(*columns))]
 
 
 def write_csv(path: Path, data: SSLData, ranking: Ranking) -> None:

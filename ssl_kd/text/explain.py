@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_kd.data.types import SSLData
-from ssl_kd.influence.explain import CSV_COLUMNS, ranked_rows
+from ssl_kd.influence.explain import CSV_COLUMNS, ranked_rows, title_of
 
 COLUMNS = [*CSV_COLUMNS, "sentence"]
 
@@ -32,7 +32,10 @@ def write_sentence_report(data: SSLData, ranking: Any, out: Path, tag: str, top:
         writer.writerow(COLUMNS)
         writer.writerows(rows)
     k = min(top, len(rows))
-    header = f"# Influence on {ranking.reference} ({data.name}; I < 0 helps)\n\n"
+    header = (f"# {title_of(ranking)} ({data.name})\n\n"
+              f"Ranked by {ranking.ordered_by}: `class_z` is the influence `score` z-scored among the sentences of the "
+              "same target class, `score` the raw influence (I < 0 helps). To look for mislabelled sentences, sort by "
+              "`loss` too: the model's loss finds flipped labels better than influence does (BENCHMARKS.md, issue 26).\n\n")
     paths["table"].write_text(header + _markdown(rows[:k], f"{k} most helpful training sentences") + "\n"
                               + _markdown(rows[::-1][:k], f"{k} most harmful training sentences"))
     return paths

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,25 @@ def encode(tokenizer: Any, texts: list[tuple[str, ...]], max_length: int, desc: 
     return torch.cat([F.pad(p, (0, width - p.shape[1]), value=int(tokenizer.pad_token_id)) for p in parts])
 
 
+WORD_START_MARKERS = {"ByteLevel": "\u0120", "Metaspace": "\u2581"}  # GPT-2's "Ġ", SentencePiece's "▁"
+
+
+def continuation_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Ids of the pieces that continue the word before them, read off the vocabulary once: those
+    with the model's continuing-subword prefix (WordPiece's "##"), or, for a byte-level or
+    SentencePiece pre-tokenizer, those without its word-start marker. () when the tokenizer marks
+    neither: each piece is then a word of its own."""
+    definition = json.loads(tokenizer.backend_tokenizer.to_str())
+    prefix = definition["model"].get("continuing_subword_prefix")
+    pre = json.dumps(definition.get("pre_tokenizer"))
+    marker = next((m for kind, m in WORD_START_MARKERS.items() if f'"{kind}"' in pre), None)
+    if not prefix and not marker:
+        return ()
+    special = set(tokenizer.all_special_ids)
+    return tuple(sorted(i for piece, i in tokenizer.get_vocab().items()
+                        if i not in special and (piece.startswith(prefix) if prefix else not piece.startswith(marker))))
+
+
 def _key(tokenizer: Any, max_length: int, raw: RawData) -> str:
     h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
     h.update(f"|{max_length}|".encode())
@@ -106,5 +126,6 @@ def tokenise_raw(raw: RawData, policy: TextPolicy, net: str, max_length: int) ->
     (train_x, test_x), _ = load_or_make(path, lambda: (encode(tokenizer, raw.train_text or [], max_length, "tokenising train"),
                                                        encode(tokenizer, raw.test_text or [], max_length, "tokenising test")))
     policy = dataclasses.replace(policy, pad_id=int(tokenizer.pad_token_id), mask_id=int(tokenizer.mask_token_id),
-                                 special_ids=tuple(sorted(set(tokenizer.all_special_ids))))
+                                 special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
+                                 continuation_ids=continuation_ids(tokenizer))
     return dataclasses.replace(raw, train_x=train_x, test_x=test_x), policy
