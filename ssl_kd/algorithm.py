@@ -102,7 +102,8 @@ class Algorithm:
     backpropagates); optional `out.logs`, `out.pseudo_labels` and `out.mask` (one per unlabelled
     example, for the pseudo-label accuracy and mask ratio), `out.weights`, `out.histograms`.
     Optional hooks: `self.after_step`, `self.eval_model`, `self.eval_metrics`, `self.state_dict` /
-    `self.load_state_dict` (state beyond the model, its EMA and optimiser, kept in checkpoints).
+    `self.load_state_dict` (state beyond the model, its EMA and optimiser, kept in checkpoints), and
+    the class method `extra_heads` (trainable heads added to the network, e.g. OpenMatch's).
     """
 
     Config: ClassVar[type] = NoConfig
