@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import quick_args
+from tests.conftest import quick_args, rewrite_checkpoint
 
 
 def run_error(run_cli, capsys, argv: list[str]) -> str:
@@ -64,7 +64,7 @@ def test_resume_incompatible_checkpoint(tmp_path, run_cli, capsys):
     ckpt = out / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=False)
     state["model"] = {"head.weight": torch.zeros(3, 3)}
-    torch.save(state, ckpt)
+    rewrite_checkpoint(state, ckpt)
     err = run_error(run_cli, capsys, ["--resume", str(out)])
     assert "does not fit" in err
 
