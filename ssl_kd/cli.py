@@ -339,7 +339,15 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def resume_hint(folder: str | Path | None) -> str:
+    """How to go on after a stop: resume `folder` only when it holds a checkpoint to resume."""
+    if folder and ((Path(folder) / "checkpoints" / "last.pt").is_file() or Path(folder).is_file()):
+        return f"Resume with: python tools/train.py --resume {folder}"
+    return "no checkpoint was written, so there is nothing to resume; run the same command again"
+
+
 def run_main(args: argparse.Namespace) -> int:
+    plan: Plan | None = None
     try:
         if args.list:
             load_plugins(args.plugin)
@@ -359,9 +367,9 @@ def run_main(args: argparse.Namespace) -> int:
     except FloatingPointError as err:  # raised inside an algorithm (e.g. a teacher's own optimiser)
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a Ctrl-C outside the loop's handler (e.g. during the TensorBoard flush)
-        print(f"\ninterrupted; nothing after the last checkpoint is saved. Resume with: python tools/train.py "
-              f"--resume {args.out or args.resume or 'RUN_FOLDER'}", file=sys.stderr)
+    except KeyboardInterrupt:  # a Ctrl-C outside the loop's handler (start-up, the TensorBoard flush), or a plug-in's
+        folder = plan.run_dir if plan is not None else args.out or args.resume
+        print(f"\ninterrupted; nothing after the last checkpoint is saved. {resume_hint(folder)}", file=sys.stderr)
         return 130
     except RuntimeError as err:
         if not distributed.is_peer_failure(err):

@@ -41,8 +41,10 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         if not isinstance(err, OSError) and not full:
             raise
         os_err = err if isinstance(err, OSError) and not full else OSError(errno.ENOSPC, "No space left on device")
-        raise CheckpointError(f"{os_error_message(os_err, path, 'write the checkpoint')}; "
-                              f"the previous {path.name} (if any) is untouched") from err
+        then = (f"resume with --resume {path.parent.parent}" if path.with_name("last.pt").is_file()
+                else "run the same command again (no checkpoint was written yet, so there is nothing to resume)")
+        kept = f"; the previous {path.name} is untouched" if path.is_file() else ""
+        raise CheckpointError(os_error_message(os_err, path, "write the checkpoint", then) + kept) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -111,12 +111,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def os_error_message(err: OSError, path: Path, action: str) -> str:
-    """One line for the OS errors a user can fix (read-only folder, full disk)."""
+def os_error_message(err: OSError, path: Path, action: str, then: str = "run the same command again") -> str:
+    """One line for the OS errors a user can fix (read-only folder, full disk); `then`: what to do
+    once there is space (resume only where a checkpoint exists)."""
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot {action} {path}: permission denied or read-only file system; choose a writable --out"
     if err.errno == errno.ENOSPC:
-        return f"cannot {action} {path}: the disk is full; free space, then resume"
+        return f"cannot {action} {path}: the disk is full; free space, then {then}"
     return f"cannot {action} {path}: {err.strerror or err}; check the path"
 
 
