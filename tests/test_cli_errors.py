@@ -251,7 +251,10 @@ def test_ctrl_c_while_the_libraries_load_is_one_line_and_130(tmp_path):
 
     # a real SIGINT while `from ssl_kd.cli import main` runs: the first import of yaml sends it
     (tmp_path / "yaml.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n")
+    import signal
+
     proc = subprocess.run([sys.executable, "tools/train.py", *quick_args(tmp_path / "r")], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored as in a background job
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-500:]
     assert proc.stderr.strip() == "interrupted while starting; nothing was written"
