@@ -221,7 +221,7 @@ class Probe:
         (self.work / "a_file").write_text("")
         cases = [["--algo", "nosuch"], ["--dataset", "nosuch_30"], ["--net", "nosuch"], ["--steps", "0"],
                  ["--steps", "-1"], ["--set", "train.steps=1e30"], ["--set", "train.steps=x"], ["--lr", "-1"],
-                 ["--lr", "nan"], ["--batch-size", "0"], ["--batch-size", "5000"], ["--eval-every", "0"],
+                 ["--lr", "nan"], ["--batch-size", "0"], ["--batch-size", "5000"], ["--eval-every", "-1"],
                  ["--set", "nosuch=1"], ["--set", "data.nosuch=1"], ["--set", "noequals"], ["--set", "nosuch.lr=1"],
                  ["--set", "train.lr_milestones=[1,2"], ["--set", "train.seed=1180591620717411303424"],
                  ["--set", "data.split_seed=-1180591620717411303424"], ["--set", "train.ema=1.5"],
