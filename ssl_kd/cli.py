@@ -23,11 +23,11 @@ from ssl_kd.registry import ALGORITHMS, DATASETS, NETWORKS, discover_all
 from ssl_kd.report import summary_text
 from ssl_kd.run import (algorithm_class, build_data, config_from_dict, config_summary, pick_device, resolve_config, validate,
                         validate_for_data)
-from ssl_kd.trainer.checkpoint import RESUME_KEYS, load_checkpoint, resolve_checkpoint
+from ssl_kd.trainer.checkpoint import RESUME_KEYS, copy_checkpoint, load_checkpoint, resolve_checkpoint
 from ssl_kd.trainer.logger import RunLogger, read_metrics, run_finished
 from ssl_kd.trainer import distributed
 from ssl_kd.trainer.selection import SELECT_ON, describe, resolve_select_on
-from ssl_kd.trainer.rundir import RunDir, check_belongs, never_saved, new_run_id, os_error_message
+from ssl_kd.trainer.rundir import RunDir, belongs, check_belongs, never_saved, new_run_id, os_error_message
 from ssl_kd.trainer.trainer import Interrupted, Trainer
 
 # Flags that map one-to-one onto TrainConfig fields (argparse dest -> field).
@@ -264,27 +264,33 @@ def train(cfg: Config, run_dir: Path, ckpt: Path | None = None, plugins: list[di
         folder = RunDir(run_dir, resume=in_place, overwrite=overwrite) if dist.is_main else None
         try:
             try:
-                trainer = start_run(cfg, data, device, run_dir, ckpt, plugins or [], dist, run_id or new_run_id(), in_place)
+                trainer, partial_from = start_run(cfg, data, device, run_dir, ckpt, plugins or [], dist, run_id or new_run_id(), in_place)
             except BaseException:
                 if folder is not None:
                     folder.discard()
                 raise
-            return run_loop(cfg, trainer, run_dir, in_place, dist)
+            return run_loop(cfg, trainer, run_dir, ckpt is not None, dist, partial_from, in_place)
         finally:
             if folder is not None:
                 folder.close()
 
 
-def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | None,
-              plugins: list[dict[str, str]], dist: distributed.DistInfo, run_id: str, in_place: bool) -> Trainer:
-    """The trainer, restored from `ckpt` if given; config.yaml is written only once every check
+def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | None, plugins: list[dict[str, str]],
+              dist: distributed.DistInfo, run_id: str, in_place: bool) -> tuple[Trainer, int | None]:
+    """The trainer, restored from `ckpt` if given, and the step the run's evaluation history starts
+    from when it is partial (carry_history); config.yaml is written only once every check
     (checkpoint, metrics.jsonl of a resumed run) has passed, so a refused resume changes nothing."""
     trainer = Trainer(cfg, data, device, run_dir, dist)
     trainer.plugins, trainer.run_id = plugins, run_id
+    partial_from = None
     if ckpt is not None:
-        trainer.load(ckpt)
+        state = trainer.load(ckpt)
         if in_place and dist.is_main and (run_dir / "metrics.jsonl").exists():
             read_metrics(run_dir / "metrics.jsonl")  # a corrupt file is refused now, not after config.yaml changed
+        if in_place and dist.is_main and ckpt.resolve() == (run_dir / "checkpoints" / "last.pt").resolve():
+            trainer.repair_best()
+        if not in_place and dist.is_main:
+            partial_from = carry_history(ckpt, state.get("run_id"), run_dir, trainer.step)
     if dist.is_main:
         # the trainer's config: what runs (e.g. AdamW and its linear schedule for hf: nets)
         config = {**trainer.cfg.to_dict(), "run_id": run_id, **({"plugins": plugins} if plugins else {})}
@@ -304,26 +310,51 @@ def start_run(cfg: Config, data: Any, device: Any, run_dir: Path, ckpt: Path | N
         print(f"distributed: {dist.world_size} processes, global batch {cfg.train.batch_size} (+ {cfg.train.uratio} x that "
               f"unlabelled), {cfg.train.batch_size // dist.world_size} per process, lr {cfg.train.lr} (unscaled: the global "
               f"batch is the one-process batch), BatchNorm {'synchronised' if cfg.train.sync_bn else 'per process'}", file=sys.stderr)
-    return trainer
+    return trainer, partial_from
 
 
-def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool, dist: distributed.DistInfo) -> dict[str, Any]:
-    """fit() with its summary; a signal writes an interrupted summary and exits 128 + signal."""
+def carry_history(ckpt: Path, ckpt_run_id: str | None, run_dir: Path, step: int) -> int | None:
+    """A run continued in a new folder (--resume CKPT --out NEW) takes its source run's evaluations up
+    to `step` and that run's best.pt, so its median, last and best figures cover the whole run.
+    Returns None, or `step` when the source's metrics.jsonl is not to be had (a checkpoint copied out
+    of its run folder): then the summary says its figures cover only the evaluations after it."""
+    source = ckpt.parent.parent
+    if not belongs(ckpt, ckpt_run_id, source) or not (source / "metrics.jsonl").is_file():
+        print(f"note: {ckpt} is not in its run folder beside metrics.jsonl, so the summary's figures cover only "
+              f"the evaluations after step {step} (summary.json: partial_history_from_step)", file=sys.stderr)
+        return step
+    rows = [r for r in read_metrics(source / "metrics.jsonl") if r["step"] <= step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    best = ckpt if ckpt.name == "best.pt" else ckpt.with_name("best.pt")
+    if rows and best.is_file():
+        copy_checkpoint(best, run_dir / "checkpoints" / "best.pt")
+    return None
+
+
+def run_loop(cfg: Config, trainer: Trainer, run_dir: Path, resumed: bool, dist: distributed.DistInfo,
+             partial_from: int | None = None, in_place: bool | None = None) -> dict[str, Any]:
+    """fit() with its summary; a signal writes an interrupted summary and exits 128 + signal.
+    `resumed`: from a checkpoint (its run's evaluations so far are kept); `in_place`: in the folder
+    that wrote it (a fork, not in place, opens its own HParams session); `partial_from`: the
+    evaluation history starts at this step (a fork without its source's history)."""
     eval_key, select_key = trainer.metric_keys()  # top1, or the text task's official metric
     logger = (RunLogger(run_dir, eval_key, resume_step=trainer.step if resumed else None, select_key=select_key,
-                        class_names=trainer.data.class_names) if dist.is_main else distributed.SilentLogger(eval_key))
+                        class_names=trainer.data.class_names, new_session=None if in_place is None else not in_place)
+              if dist.is_main else distributed.SilentLogger(eval_key))
     interrupted: Interrupted | None = None
     try:
         try:
             trainer.fit(logger)
         except Interrupted as stop:
             interrupted = stop
-        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing saved after the last checkpoint
-            print(f"\ninterrupted again at step {trainer.step}; resume from the last checkpoint with: "
-                  f"python tools/train.py --resume {run_dir}", file=sys.stderr)
-            raise SystemExit(130)
+        except KeyboardInterrupt as again:  # a second SIGINT or SIGTERM: stopped at once, nothing saved after the last checkpoint
+            signum = getattr(again, "signum", signal.SIGINT)
+            print(f"\ninterrupted again ({signal.Signals(signum).name}) at step {trainer.step}; nothing after the last "
+                  f"checkpoint is saved. {resume_hint(run_dir)}", file=sys.stderr)
+            raise SystemExit(128 + signum)
+        partial = {} if partial_from is None else {"partial_history_from_step": partial_from}
         summary = logger.summary(trainer.step, trainer.wall_s, cfg.train.median_last,
-                                 {"interrupted": interrupted is not None}, train_s=trainer.train_s)
+                                 {"interrupted": interrupted is not None, **partial}, train_s=trainer.train_s)
     finally:
         logger.close()
     if interrupted is not None:
@@ -375,7 +406,15 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def resume_hint(folder: str | Path | None) -> str:
+    """How to go on after a stop: resume `folder` only when it holds a checkpoint to resume."""
+    if folder and ((Path(folder) / "checkpoints" / "last.pt").is_file() or Path(folder).is_file()):
+        return f"Resume with: python tools/train.py --resume {folder}"
+    return "no checkpoint was written, so there is nothing to resume; run the same command again"
+
+
 def run_main(args: argparse.Namespace) -> int:
+    plan: Plan | None = None
     try:
         if args.list:
             load_plugins(args.plugin)
@@ -397,9 +436,9 @@ def run_main(args: argparse.Namespace) -> int:
     except FloatingPointError as err:  # raised inside an algorithm (e.g. a teacher's own optimiser)
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a Ctrl-C outside the loop's handler (e.g. during the TensorBoard flush)
-        print(f"\ninterrupted; nothing after the last checkpoint is saved. Resume with: python tools/train.py "
-              f"--resume {args.out or args.resume or 'RUN_FOLDER'}", file=sys.stderr)
+    except KeyboardInterrupt:  # a Ctrl-C outside the loop's handler (start-up, the TensorBoard flush), or a plug-in's
+        folder = plan.run_dir if plan is not None else args.out or args.resume
+        print(f"\ninterrupted; nothing after the last checkpoint is saved. {resume_hint(folder)}", file=sys.stderr)
         return 130
     except RuntimeError as err:
         if not distributed.is_peer_failure(err):

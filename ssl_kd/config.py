@@ -136,7 +136,11 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
         return coerce(value, args[0], key)
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            except yaml.YAMLError as err:
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                raise ConfigError(f"{key}: {value!r} is not a valid list ({problem}); write e.g. {key}=[1,2]") from None
         (inner, *_) = typing.get_args(typ) or (str,)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}; write e.g. {key}=[1,2]")
@@ -169,7 +173,7 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
             if not isinstance(value, (str, int, float)):
                 raise ValueError
             return str(value)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a list or mapping where a number belongs (YAML's `lr: {a: 1}`)
         name = getattr(typ, "__name__", str(typ))
         raise ConfigError(f"{key}: {value!r} is not a valid {name}; give {'an' if name[0] in 'aeiou' else 'a'} {name} value, "
                           f"e.g. --set {key}=...")
@@ -209,7 +213,7 @@ def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: section {section!r} must be a mapping of key: value")
         for key, value in values.items():
-            set_field(getattr(cfg, section), section, key, value)
+            set_field(getattr(cfg, section), section, str(key), value)  # `train: {1: 2}`: an unknown key named "1"
 
 
 def apply_set(cfg: Config, assignment: str) -> None:

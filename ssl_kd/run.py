@@ -89,6 +89,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
     for section in SECTIONS:
         check_floats(getattr(cfg, section), section)
+    check_seed(t.seed, "train.seed")
+    check_seed(cfg.data.split_seed, "data.split_seed")
     cfg.weights.check()
     if not t.lr > 0:
         raise ConfigError(f"train.lr must be a positive learning rate, got {t.lr}; e.g. --lr 0.03")
@@ -102,6 +104,14 @@ def validate(cfg: Config) -> None:
         check_algo_ranges(cfg.algo)
     if t.net:
         network_factory(t.net)
+
+
+SEED_RANGE = (-(2**63), 2**63 - 2)  # torch's generators take 64-bit seeds; the unlabelled sampler's is seed + 1
+
+
+def check_seed(value: int, key: str) -> None:
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ConfigError(f"{key}={value} does not fit in 64 bits; give a seed between -2**63 and 2**63 - 2, e.g. 0")
 
 
 def in_range(value: float, low: float, high: float, key: str, hint: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssl_kd import digest
 from ssl_kd.algorithm import StepOutput
 from ssl_kd.cli import parser, prepare
 from ssl_kd.run import build_data
@@ -25,6 +26,13 @@ def quick_args(out: Path, algo: str = "fixmatch", steps: int = 2, *extra: str) -
     return ["--algo", algo, "--dataset", "digits_30", "--steps", str(steps), "--eval-every", str(max(1, steps)),
             "--batch-size", "8", "--uratio", "2", "--device", "cpu", "--out", str(out), "--no-progress",
             "--set", "train.eval_batch_size=512", *extra]
+
+
+def rewrite_checkpoint(state: dict, path: Path) -> None:
+    """Save an edited checkpoint state with its digest, as a checkpoint written so would be: for tests
+    of what a checkpoint holds (a flipped byte without a new digest is refused as corrupt)."""
+    torch.save(state, path)
+    digest.write_digest(path)
 
 
 def make_trainer(out: Path, algo: str, steps: int = 6, *extra: str) -> Trainer:

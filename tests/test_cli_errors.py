@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import quick_args
+from tests.conftest import quick_args, rewrite_checkpoint
 
 
 def run_error(run_cli, capsys, argv: list[str]) -> str:
@@ -64,7 +64,7 @@ def test_resume_incompatible_checkpoint(tmp_path, run_cli, capsys):
     ckpt = out / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=False)
     state["model"] = {"head.weight": torch.zeros(3, 3)}
-    torch.save(state, ckpt)
+    rewrite_checkpoint(state, ckpt)
     err = run_error(run_cli, capsys, ["--resume", str(out), "--steps", "2", "--extend"])  # finished: train on, so it loads
     assert "does not fit" in err
 
@@ -186,3 +186,75 @@ def test_a_failing_save_that_is_not_a_full_disk_is_not_called_one(tmp_path, monk
     with pytest.raises(RuntimeError, match="some other torch failure"):
         checkpoint.save_checkpoint({}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- issue 30.4: the last tracebacks, each one line -------------------------------------------------
+
+@pytest.mark.parametrize("setting,needle", [
+    ("train.lr_milestones=[1,2", "train.lr_milestones: '[1,2' is not a valid list"),  # YAML parse error
+    ("train.seed=1180591620717411303424", "train.seed=1180591620717411303424 does not fit in 64 bits"),
+    ("data.split_seed=-1180591620717411303424", "does not fit in 64 bits"),
+])
+def test_malformed_set_values(tmp_path, run_cli, capsys, setting, needle):
+    out = tmp_path / "r"
+    err = run_error(run_cli, capsys, [*quick_args(out), "--set", setting])
+    assert needle in err
+    assert_one_clean_line(err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("train: {steps: [1, 2]}", "train.steps: [1, 2] is not a valid int"),
+    ("train: {1: 2}", "unknown config key train.1"),
+    ("train: {lr: {a: 1}}", "train.lr: {'a': 1} is not a valid float"),
+])
+def test_ill_typed_yaml_values(tmp_path, run_cli, capsys, content, needle):
+    config = tmp_path / "c.yaml"
+    config.write_text(content + "\n")
+    err = run_error(run_cli, capsys, [*quick_args(tmp_path / "r"), "--config", str(config)])
+    assert needle in err
+    assert_one_clean_line(err)
+
+
+def test_a_full_disk_at_the_first_checkpoint_does_not_say_resume(tmp_path, run_cli, capsys, monkeypatch):
+    import errno
+
+    import ssl_kd.trainer.checkpoint as checkpoint
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    err = run_error(run_cli, capsys, quick_args(tmp_path / "r", "supervised", 2))
+    assert "disk is full" in err and "nothing to resume" in err and "then resume" not in err
+    assert_one_clean_line(err)
+    monkeypatch.undo()
+    assert run_cli(quick_args(tmp_path / "r", "supervised", 2))[0] == 0  # "run the same command again" works
+
+
+def test_a_plugin_raising_keyboardinterrupt_does_not_offer_a_resume(tmp_path, run_cli, capsys):
+    plugin = tmp_path / "stops.py"
+    plugin.write_text("raise KeyboardInterrupt\n")
+    out = tmp_path / "r"
+    assert run_cli([*quick_args(out), "--plugin", str(plugin)])[0] == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "--resume" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line_and_130(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    # a real SIGINT while `from ssl_kd.cli import main` runs: the first import of yaml sends it
+    (tmp_path / "yaml.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n")
+    import signal
+
+    proc = subprocess.run([sys.executable, "tools/train.py", *quick_args(tmp_path / "r")], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored as in a background job
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-500:]
+    assert proc.stderr.strip() == "interrupted while starting; nothing was written"

@@ -13,7 +13,7 @@ import torch
 
 from ssl_kd.trainer.guard import DivergenceError, floating_tensors
 from ssl_kd.trainer.logger import RunLogger
-from tests.conftest import REPO, make_trainer, quick_args
+from tests.conftest import REPO, make_trainer, quick_args, rewrite_checkpoint
 
 
 def all_state_finite(path) -> bool:
@@ -68,7 +68,7 @@ def test_eval_and_resume_refuse_a_nonfinite_checkpoint(tmp_path, run_cli, capsys
     ckpt = out / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=False)
     next(iter(state["model"].values())).view(-1)[0] = float("nan")
-    torch.save(state, ckpt)
+    rewrite_checkpoint(state, ckpt)
     proc = subprocess.run([sys.executable, "tools/eval.py", "--ckpt", str(ckpt), "--device", "cpu"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "non-finite" in proc.stderr and "Traceback" not in proc.stderr

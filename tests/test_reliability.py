@@ -18,7 +18,7 @@ from ssl_kd.plugins import load_plugin
 from ssl_kd.sweep import Variant, check_reuse, train_args
 from ssl_kd.trainer.checkpoint import load_checkpoint
 from ssl_kd.trainer.rundir import RunDir, RunLock, boot_id, identity
-from tests.conftest import REPO, quick_args
+from tests.conftest import REPO, quick_args, rewrite_checkpoint
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -122,7 +122,7 @@ def test_a_refused_resume_leaves_config_yaml_as_it_was(tmp_path, run_cli, capsys
     metrics.write_text(good)
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     next(iter(state["model"].values())).fill_(float("nan"))
-    torch.save(state, out / "checkpoints" / "last.pt")
+    rewrite_checkpoint(state, out / "checkpoints" / "last.pt")
     before = files(out)
     assert run_cli(["--resume", str(out), "--steps", "6", "--extend", "--no-progress"])[0] == 2
     assert "non-finite" in capsys.readouterr().err and files(out) == before
@@ -160,14 +160,14 @@ def test_a_non_finite_teacher_is_refused_by_eval_resume_and_teacher_ckpt(two_run
     path = a / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=False)
     state["algorithm"] = {**(state["algorithm"] or {}), "teacher": {"w": torch.tensor([1.0, float("nan")])}}
-    torch.save(state, path)
+    rewrite_checkpoint(state, path)
     with pytest.raises(CheckpointError, match="non-finite.*algorithm state"):
         load_checkpoint(path)
     assert run_cli(["--resume", str(a), "--steps", "4", "--extend", "--no-progress"])[0] == 2
     state = torch.load(path, weights_only=False)
     del state["algorithm"]["teacher"]
     next(iter(state["ema"].values())).fill_(float("inf"))
-    torch.save(state, path)
+    rewrite_checkpoint(state, path)
     capsys.readouterr()
     student = tmp_path / "student"
     assert run_cli(quick_args(student, "kd", 2, "--teacher-ckpt", str(a)))[0] == 2
@@ -182,7 +182,7 @@ def test_incomplete_checkpoint_empty_config_and_absurd_values_are_one_line_error
     path = a / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=False)
     del state["config"]
-    torch.save(state, path)
+    rewrite_checkpoint(state, path)
     with pytest.raises(CheckpointError, match="lacks config"):
         load_checkpoint(path)
     assert run_cli(["--resume", str(a), "--no-progress"])[0] == 2

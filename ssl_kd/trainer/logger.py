@@ -32,7 +32,10 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path, eval_key: str, resume_step: int | None = None, select_key: str | None = None,
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, new_session: bool | None = None) -> None:
+        """`resume_step`: go on from the evaluations in run_dir's metrics.jsonl up to that step (a
+        resume, or a fork that carried its source's history); `new_session`: open a HParams session
+        (default: only for a fresh run; a fork opens its own, a resume in place does not)."""
         self.run_dir = run_dir
         self.class_names = class_names or []
         self.eval_key = eval_key
@@ -45,7 +48,7 @@ class RunLogger:
             self.history = [r for r in read_metrics(self.metrics_path) if r["step"] <= resume_step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
-        self.resumed = resume_step is not None
+        self.new_session = resume_step is None if new_session is None else new_session
 
     def scalars(self, values: dict[str, float | torch.Tensor], step: int) -> None:
         for key, value in values.items():
@@ -67,7 +70,7 @@ class RunLogger:
         """Open the run's one session in TensorBoard's HParams tab: its settings and the summary
         figures it reports, whose values every summary() logs as `hparam/<figure>` scalars. A run
         resumed in its own folder continues the session its start opened."""
-        if self.resumed:
+        if not self.new_session:
             return
         figures = {f"hparam/{k}": 0.0 for k in self.figures(0, 0.0, median_last) if k.startswith(FIGURE_PREFIXES)}
         experiment, session_start, _ = hparams_summaries(values, figures)

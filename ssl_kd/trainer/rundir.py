@@ -111,12 +111,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def os_error_message(err: OSError, path: Path, action: str) -> str:
-    """One line for the OS errors a user can fix (read-only folder, full disk)."""
+def os_error_message(err: OSError, path: Path, action: str, then: str = "run the same command again") -> str:
+    """One line for the OS errors a user can fix (read-only folder, full disk); `then`: what to do
+    once there is space (resume only where a checkpoint exists)."""
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot {action} {path}: permission denied or read-only file system; choose a writable --out"
     if err.errno == errno.ENOSPC:
-        return f"cannot {action} {path}: the disk is full; free space, then resume"
+        return f"cannot {action} {path}: the disk is full; free space, then {then}"
     return f"cannot {action} {path}: {err.strerror or err}; check the path"
 
 
@@ -215,8 +216,12 @@ class RunLock:
         except FileNotFoundError:
             return None
 
+    def holds(self) -> bool:
+        """Whether this process holds the lock now: it took it, and the file still names it."""
+        return self.held and self._holder() == self.record
+
     def release(self) -> None:
-        if self.held and self._holder() == self.record:
+        if self.holds():
             self.path.unlink(missing_ok=True)
         self.held = False
 
@@ -233,25 +238,56 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     return stale
 
 
+def make_folders(path: Path, created: list[Path]) -> None:
+    """Create `path` and its missing parents, appending to `created` those this process created,
+    top first (filled as it goes: a failure halfway leaves the record of what was made). `mkdir`
+    without exist_ok decides who created a folder: of several processes creating one at once,
+    exactly one did (the others find it made and go on)."""
+    for folder in reversed([path, *path.parents]):
+        if folder.is_dir():
+            continue
+        try:
+            folder.mkdir()
+            created.append(folder)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise ConfigError(f"--out {path}: {folder} is a file, not a folder; choose a folder path") from None
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (bottom first) while they are empty: a folder another process has put
+    anything into since (its lock, its run) stays, and so do those above it."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 class RunDir:
     """Opens a run folder for a new run or a resumed one, holding its lock until `close()`.
 
-    `discard()` undoes a failed start: it removes the folder when this run created it, or the
-    files this run wrote into a folder it found empty of runs.
+    `discard()` undoes a failed start: it removes what this run wrote (the folder itself when this
+    process created it), and only while it still holds the lock: a start refused by another
+    process's lock never removes anything, so of several runs started at once into one new folder
+    exactly one runs and nothing of it is lost.
     """
 
     def __init__(self, path: Path, resume: bool, overwrite: bool) -> None:
         self.path = path
-        # the topmost folder this run creates (a deep --out makes its parents): a failed start removes it
-        self.created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+        self.fresh = False
+        self.lock = RunLock(path)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} is a file, not a folder; choose a folder path")
+        self.created: list[Path] = []  # the folders this process made (a deep --out makes its parents)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            make_folders(path, self.created)
         except OSError as err:
             self.discard()
             raise ConfigError(os_error_message(err, path, "create the run folder")) from err
-        self.lock = RunLock(path)
+        except BaseException:
+            self.discard()
+            raise
         try:
             self.lock.acquire()
             if not resume and holds_run(path):
@@ -265,20 +301,29 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as err:
-            self.close()
             self.discard()
             raise ConfigError(os_error_message(err, path, "write into")) from err
         except BaseException:
-            self.close()
             self.discard()
             raise
 
     def discard(self) -> None:
-        """Remove what a failed start left behind (never a resumed run's files)."""
-        if self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
-        elif getattr(self, "fresh", False):
-            clear_run(self.path)
+        """Remove what a failed start left behind, then release the lock: the folder's content when
+        this process created it, else the files of the new run it began (never a resumed run's), and
+        nothing at all without the lock; then the folders it created, while empty."""
+        if self.lock.holds():
+            if self.path in self.created:
+                for entry in self.path.iterdir():
+                    if entry.name == LOCK_NAME:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+            elif self.fresh:
+                clear_run(self.path)
+        self.close()
+        remove_empty(self.created)
 
     def close(self) -> None:
         self.lock.release()

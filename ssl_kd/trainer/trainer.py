@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssl_kd import digest
 from ssl_kd.algorithm import Algorithm, Batch, Context
 from ssl_kd.augment.views import make_view
 from ssl_kd.config import Config
@@ -115,6 +116,7 @@ class Trainer:
         self.test_logits: dict[str, torch.Tensor] = {}  # the last evaluation's, per model prefix
         self.plugins: list[dict[str, str]] = []  # plug-in records (ssl_kd.plugins), kept in checkpoints
         self.run_id = ""  # the run folder's identity (ssl_kd.trainer.rundir), kept in checkpoints
+        self.best_step: int | None = None  # the evaluation best.pt holds, kept in last.pt (repair_best)
 
     def metric_keys(self) -> tuple[str, str]:
         """(eval_key, select_key): the test figure the summary reports (the EMA's when one is kept,
@@ -266,6 +268,7 @@ class Trainer:
             "rng": rng_state(),
             "plugins": self.plugins,
             "run_id": self.run_id,
+            "best_step": self.best_step,
         }
 
     def check_finite(self) -> None:
@@ -284,13 +287,24 @@ class Trainer:
         if not self.dist.is_main:
             return
         last = self.run_dir / "checkpoints" / "last.pt"
+        if best:
+            self.best_step = self.step  # recorded in last.pt before best.pt is copied: repair_best finishes a cut copy
         save_checkpoint(self.state(), last)
         self.guard.last_good = (self.step, last)
         if best:
             copy_checkpoint(last, last.with_name("best.pt"))
 
-    def load(self, path: str | Path) -> None:
-        """Restore every piece of state from a checkpoint of the same configuration."""
+    def repair_best(self) -> None:
+        """After resuming from `last.pt`: when it records that it is itself the best evaluation but
+        best.pt differs (a crash came between writing last.pt and copying it), copy it now, so the
+        pair agrees with metrics.jsonl whatever moment a crash hit."""
+        last = self.run_dir / "checkpoints" / "last.pt"
+        best = last.with_name("best.pt")
+        if self.best_step == self.step and (not best.is_file() or digest.recorded(best) != digest.recorded(last)):
+            copy_checkpoint(last, best)
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore every piece of state from a checkpoint of the same configuration; returns the checkpoint's state."""
         state = load_checkpoint(path, self.device, RESUME_KEYS)  # whole and finite, teacher included
         saved = state["config"]["train"]
         for key in ("algo", "dataset", "net"):
@@ -314,6 +328,8 @@ class Trainer:
         self.train_s = float(state.get("train_s", 0.0))
         self.wall_before, self.started = float(state.get("wall_s", 0.0)), time.perf_counter()
         self.guard.last_good = (self.step, Path(path))
+        self.best_step = state.get("best_step")
+        return state
 
     # ----- the loop ---------------------------------------------------------------------------
     def fit(self, logger: RunLogger) -> dict[str, Any]:
@@ -367,7 +383,7 @@ class Trainer:
                     self.check_finite()
                 stopping = self.stop_agreed(stop)
         bar.close()
-        if stopping:
+        if stopping and self.step < t.steps:  # every step done (and saved at the last evaluation): complete
             self.save()
             raise Interrupted(stop.signum, self.step)
         return last_eval
@@ -406,8 +422,17 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class StoppedAgain(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: the run stops at once, saving nothing after its last checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped again by signal {signum}")
+        self.signum = signum
+
+
 class StopRequest:
-    """Turns the first SIGINT/SIGTERM into a flag checked between steps; restores the handlers on exit."""
+    """Turns the first SIGINT/SIGTERM into a flag checked between steps, and a second one into
+    StoppedAgain at once; restores the handlers on exit."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -415,8 +440,9 @@ class StopRequest:
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested, self.signum = True, signum
-        signal.signal(signum, self._old[signum])  # a second signal acts at once
+        if self.requested and signum == self.signum:  # the same signal again (torchrun may add the other kind)
+            raise StoppedAgain(signum)
+        self.requested, self.signum = True, self.signum if self.requested else signum
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
