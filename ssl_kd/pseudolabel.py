@@ -66,6 +66,6 @@ def label_pool(run: Any, batch_size: int, min_confidence: float = 0.0,
                "prediction": [classes[c] for c in predicted.tolist()],
                "probability": [round(p, 6) for p in confidence.tolist()],
                **influence_columns(run, idx, progress)}
-    keep = (confidence >= min_confidence).tolist()
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return list(columns), [row for row, kept in zip(rows, keep) if kept]
+    # filtered on the probability as written, so a row showing p is kept by --min-confidence p
+    return list(columns), [row for row in rows if row["probability"] >= min_confidence]

@@ -41,9 +41,10 @@ def summary_text(summary: dict[str, Any], run_dir: Path, cfg: Config) -> str:
         f"run folder   {run_dir}  (summary.json, metrics.jsonl, config.yaml)",
         f"checkpoints  {run_dir / 'checkpoints' / 'last.pt'}, best.pt (selected on {summary.get('selected_on')})",
         f"TensorBoard  tensorboard --logdir {run_dir / 'tb'}",
-        f"next         python tools/eval.py --ckpt {run_dir}",
+        f"next         python tools/eval.py {run_dir}",
         f"             python tools/export.py {run_dir} --out exports/{run_dir.name}",
         f"             python tools/predict.py {run_dir} --input {example}",
-        f"             python tools/explain.py --ckpt {run_dir}",
+        f"             python tools/predict.py {run_dir} --unlabelled --out {run_dir.name}-pseudo-labels.csv",
+        f"             python tools/explain.py {run_dir}",
     ]
     return "\n".join(lines)

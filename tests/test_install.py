@@ -60,7 +60,7 @@ def test_installed_console_script_trains_evaluates_and_exports(tmp_path):
 
     ssl_kd = str(venv / "bin" / "ssl-kd")
     trained = run([ssl_kd, "train", "--algo", "fixmatch", "--dataset", "digits_30", "--steps", "50", "--out", "run",
-                   "--device", "cpu", "--no-progress"], work, env)
+                   "--device", "cpu", "--no-progress", "--json"], work, env)
     assert json.loads(trained.stdout.splitlines()[-1])["steps"] == 50
     evaluated = json.loads(run([ssl_kd, "eval", "--ckpt", "run", "--device", "cpu"], work, env).stdout)
     assert evaluated["step"] == 50 and evaluated["algo"] == "fixmatch" and "top1" in evaluated["ema"]
