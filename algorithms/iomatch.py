@@ -27,13 +27,13 @@ from torch import nn
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
 from ssl_kd.align import make_aligner
-from ssl_kd.components import forward_concat, masked_mean, restore_tensor, soft_cross_entropy
+from ssl_kd.components import forward_concat, masked_mean, projection_head, restore_tensor, soft_cross_entropy
 from ssl_kd.data.types import SSLData
 from ssl_kd.influence.diagnostics import roc_auc
 from ssl_kd.openset import ova_loss, ova_probs
 from ssl_kd.registry import register_algorithm
 from ssl_kd.teacher import plain_module
-from ssl_kd.weighting.spec import WeightSpec
+from ssl_kd.weighting.spec import WeightSpec, soft_targets
 
 REFERENCE_STEPS = 2 ** 18  # the authors' run length, which their epoch counts refer to
 PROJECTION = 128
@@ -75,7 +75,7 @@ class IOMatch(Algorithm):
     @classmethod
     def extra_heads(cls, num_features: int, data: SSLData) -> dict[str, nn.Module]:
         k = data.num_classes
-        return {"proj": nn.Sequential(nn.Linear(num_features, num_features), nn.ReLU(), nn.Linear(num_features, PROJECTION)),
+        return {"proj": projection_head(num_features, PROJECTION),
                 "multi_binary": xavier(nn.Linear(PROJECTION, 2 * k, bias=False)),
                 "open_set": xavier(nn.Linear(PROJECTION, k + 1))}
 
@@ -90,7 +90,7 @@ class IOMatch(Algorithm):
 
     def weight_spec(self) -> WeightSpec:
         """Soft targets: the closed-set prediction (alignment left out of the static table)."""
-        return dataclasses.replace(super().weight_spec(), targets=lambda logits, idx: torch.softmax(logits.float(), dim=-1))
+        return dataclasses.replace(super().weight_spec(), targets=soft_targets)
 
     def train_step(self, batch: Batch) -> StepOutput:
         heads = plain_module(self.model)

@@ -38,7 +38,7 @@ from ssl_kd.distill import LossWeighter, at_least_float32
 from ssl_kd.ramps import sigmoid_rampup
 from ssl_kd.registry import register_algorithm
 from ssl_kd.trainer.ema import update_ema
-from ssl_kd.weighting.spec import WeightSpec
+from ssl_kd.weighting.spec import WeightSpec, soft_targets
 
 
 def squared_error(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ class MeanTeacher(Algorithm):
     def weight_spec(self) -> WeightSpec:
         """The teacher's softmax (train mode, as it labels) is the target of a squared-error term."""
         return WeightSpec(student=self.student, pool="unlabelled", labeller=self.labeller(self.teacher),
-                          targets=lambda logits, idx: torch.softmax(logits.float(), dim=-1),
+                          targets=soft_targets,
                           make_weighter=lambda cfg: LossWeighter(cfg, squared_error))
 
     def train_step(self, batch: Batch) -> StepOutput:

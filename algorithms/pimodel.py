@@ -24,7 +24,7 @@ from ssl_kd.components import forward_concat
 from ssl_kd.distill import LossWeighter
 from ssl_kd.ramps import linear_rampup
 from ssl_kd.registry import register_algorithm
-from ssl_kd.weighting.spec import WeightSpec
+from ssl_kd.weighting.spec import WeightSpec, soft_targets
 
 
 @dataclass
@@ -50,7 +50,7 @@ class PiModel(Algorithm):
 
     def weight_spec(self) -> WeightSpec:
         """The model's own softmax (batch statistics, as it makes the target) is the target of a squared-error term."""
-        return dataclasses.replace(super().weight_spec(), targets=lambda logits, idx: torch.softmax(logits.float(), dim=-1),
+        return dataclasses.replace(super().weight_spec(), targets=soft_targets,
                                    make_weighter=lambda cfg: LossWeighter(cfg, squared_error))
 
     def train_step(self, batch: Batch) -> StepOutput:

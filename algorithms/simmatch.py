@@ -26,12 +26,12 @@ from torch import nn
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
 from ssl_kd.align import make_aligner
-from ssl_kd.components import forward_concat, masked_mean, restore_tensor, soft_cross_entropy
+from ssl_kd.components import forward_concat, masked_mean, projection_head, restore_tensor, soft_cross_entropy
 from ssl_kd.data.types import SSLData
 from ssl_kd.registry import register_algorithm
 from ssl_kd.teacher import plain_module
 from ssl_kd.trainer.distributed import gather_cat
-from ssl_kd.weighting.spec import WeightSpec
+from ssl_kd.weighting.spec import WeightSpec, soft_targets
 
 FULL_RUN = 2 ** 20  # the steps of the standard protocol, which the reference's epoch refers to
 PROJECTION = 128  # width of the projected embedding (the head is built before the config is read)
@@ -70,7 +70,7 @@ class SimMatch(Algorithm):
 
     @classmethod
     def extra_heads(cls, num_features: int, data: SSLData) -> dict[str, nn.Module]:
-        return {"proj": nn.Sequential(nn.Linear(num_features, num_features), nn.ReLU(), nn.Linear(num_features, PROJECTION))}
+        return {"proj": projection_head(num_features, PROJECTION)}
 
     def __init__(self, model, cfg, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, cfg, ctx)
@@ -93,7 +93,7 @@ class SimMatch(Algorithm):
         self.bank[pos] = F.normalize(m * self.bank[pos] + (1 - m) * embeddings, dim=1)
 
     def weight_spec(self) -> WeightSpec:
-        return dataclasses.replace(super().weight_spec(), targets=lambda logits, idx: torch.softmax(logits.float(), dim=-1))
+        return dataclasses.replace(super().weight_spec(), targets=soft_targets)
 
     def train_step(self, batch: Batch) -> StepOutput:
         (lx, fx), (luw, fuw), (lus, fus) = forward_concat(self.model, batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"])

@@ -34,6 +34,11 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True)
 
 
+def projection_head(num_features: int, width: int) -> nn.Sequential:
+    """The two-layer MLP that maps features to a contrastive embedding (SimMatch, CoMatch, IOMatch)."""
+    return nn.Sequential(nn.Linear(num_features, num_features), nn.ReLU(), nn.Linear(num_features, width))
+
+
 def draw_mixup(alpha: float, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
     """MixUp's coefficient lambda ~ Beta(alpha, alpha) folded to >= 1/2 (each mixed example stays
     closest to its first source: MixMatch, ReMixMatch) and a random pairing of n examples, both from

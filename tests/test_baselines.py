@@ -269,7 +269,13 @@ def test_meanteacher_teacher_survives_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("algo,extra", [("flexmatch", ("--set", "algo.threshold=0.3")), ("meanteacher", ()),
                                         ("pseudolabel", ("--set", "algo.threshold=0.3")), ("uda", ("--set", "algo.tsa=log")),
-                                        ("freematch", ()), ("softmatch", ())])
+                                        ("freematch", ()), ("softmatch", ()),
+                                        # issue 29's algorithms
+                                        ("pimodel", ()), ("dash", ("--set", "algo.warmup_fraction=0.2")),
+                                        ("adamatch", ()), ("defixmatch", ("--set", "algo.threshold=0.3")),
+                                        ("mixmatch", ()), ("vat", ()), ("remixmatch", ()),
+                                        ("simmatch", ("--set", "algo.warmup_fraction=0.2")),
+                                        ("comatch", ("--set", "algo.queue_batches=1", "--set", "algo.warmup_fraction=0.2"))])
 def test_resume_reproduces_losses_exactly(tmp_path, algo, extra):
     first = make_trainer(tmp_path, algo, 6, *extra)
     step_losses(first, 3)

@@ -54,6 +54,11 @@ def hard_targets(logits: Tensor, idx: Tensor) -> Tensor:
     return logits.argmax(-1)
 
 
+def soft_targets(logits: Tensor, idx: Tensor) -> Tensor:
+    """The predicted distribution itself (SimMatch, CoMatch, IOMatch: soft targets)."""
+    return torch.softmax(logits.float(), dim=-1)
+
+
 @torch.no_grad()
 def labelling_logits(net: nn.Module, batch_stats: bool, idx: Tensor, data: Any, chunk: int, autocast: Any) -> Tensor:
     """`net`'s logits on the clean images at `idx` in the BatchNorm mode it labels in (batch
