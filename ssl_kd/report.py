@@ -7,7 +7,7 @@ from typing import Any
 
 from ssl_kd.config import Config
 from ssl_kd.text.hub import is_hf_name
-from ssl_kd.trainer.logger import FIGURE_PREFIXES
+from ssl_kd.trainer.logger import is_figure
 
 
 def figure_note(key: str, summary: dict[str, Any], median_last: int) -> str:
@@ -33,7 +33,7 @@ def summary_text(summary: dict[str, Any], run_dir: Path, cfg: Config) -> str:
     speed = f", {summary['steps_per_s']:.1f} steps/s in training" if summary.get("steps_per_s") else ""
     lines = [f"finished {t.algo} on {t.dataset}: {summary.get('steps')} steps in {summary.get('wall_s', 0):.1f} s{speed}; "
              f"test {summary.get('task_metric', 'top1')} of {model} at {plural(summary.get('evaluations') or 0, 'evaluation')}:"]
-    figures = {k: v for k, v in summary.items() if k.startswith(FIGURE_PREFIXES) and isinstance(v, (int, float))}
+    figures = {k: v for k, v in summary.items() if is_figure(k) and isinstance(v, (int, float))}
     width = max(map(len, figures), default=0)
     lines += [f"  {k:<{width}}  {v:7.2f}  {figure_note(k, summary, t.median_last)}".rstrip() for k, v in figures.items()]
     example = "sentences.txt" if is_hf_name(t.net) else "photos/"

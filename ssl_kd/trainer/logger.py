@@ -72,7 +72,7 @@ class RunLogger:
         resumed in its own folder continues the session its start opened."""
         if not self.new_session:
             return
-        figures = {f"hparam/{k}": 0.0 for k in self.figures(0, 0.0, median_last) if k.startswith(FIGURE_PREFIXES)}
+        figures = {f"hparam/{k}": 0.0 for k in self.figures(0, 0.0, median_last) if is_figure(k)}
         experiment, session_start, _ = hparams_summaries(values, figures)
         for summary in (experiment, session_start):
             self.tb.file_writer.add_summary(summary)
@@ -106,7 +106,7 @@ class RunLogger:
         summary = self.figures(steps, wall_s, median_last, extra, train_s)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for key, value in summary.items():
-            if key.startswith(FIGURE_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if is_figure(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tb.add_scalar(f"hparam/{key}", value, steps)
         self.tb.flush()
         return summary
@@ -153,6 +153,11 @@ class RunLogger:
 
 
 FIGURE_PREFIXES = ("last_", "median_", "test_", "best_")  # the summary's results, the HParams tab's metrics
+
+
+def is_figure(key: str) -> bool:
+    """A summary key that is a result (not `median_over_last`, the count of evaluations a median covers)."""
+    return key.startswith(FIGURE_PREFIXES) and key != "median_over_last"
 NOT_SETTINGS = ("out", "data_dir", "extended", "progress", "device", "evals")  # where and how it ran, not what
 
 
