@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
-from ssl_kd.align import make_aligner
+from ssl_kd.align import DistAlign, make_aligner
 from ssl_kd.components import forward_concat, masked_mean, projection_head, restore_tensor, soft_cross_entropy
 from ssl_kd.data.types import SSLData
 from ssl_kd.registry import register_algorithm
@@ -86,7 +86,9 @@ class CoMatch(Algorithm):
         self.queue_z = torch.zeros(size, PROJECTION, device=ctx.device)
         self.queue_p = torch.zeros(size, ctx.num_classes, device=ctx.device)
         self.ptr, self.filled = 0, 0
-        self.aligner = make_aligner("uniform", cfg.stats_ema, ctx)
+        aligner = make_aligner("uniform", cfg.stats_ema, ctx)
+        assert aligner is not None  # "uniform" always makes one
+        self.aligner: DistAlign = aligner
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(plain_module(self.model).proj(feats).float(), dim=1)
@@ -117,7 +119,7 @@ class CoMatch(Algorithm):
         with torch.no_grad():
             z_x, z_w = self.project(fx), self.project(fuw)
             probs = torch.softmax(luw.detach().float(), dim=-1)
-            own = probs if self.aligner is None else self.aligner(probs)
+            own = self.aligner(probs)
             warm = self.step < round(self.cfg.warmup_fraction * self.ctx.total_steps)
             target = own if warm or self.filled < self.queue_z.shape[0] else self.smoothed(z_w, own)
             self.enqueue(torch.cat([z_w, z_x]), torch.cat([own, F.one_hot(batch.y_l, self.ctx.num_classes).float()]))
@@ -134,14 +136,11 @@ class CoMatch(Algorithm):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"queue_z": self.queue_z.clone(), "queue_p": self.queue_p.clone(), "ptr": self.ptr, "filled": self.filled}
-        if self.aligner is not None:
-            state["aligner"] = self.aligner.state_dict()
-        return state
+        return {"queue_z": self.queue_z.clone(), "queue_p": self.queue_p.clone(), "ptr": self.ptr, "filled": self.filled,
+                "aligner": self.aligner.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.queue_z = restore_tensor(state, "queue_z", self.queue_z, "comatch", " (the embedding queue)")
         self.queue_p = restore_tensor(state, "queue_p", self.queue_p, "comatch", " (the prediction queue)")
         self.ptr, self.filled = int(state.get("ptr", 0)), int(state.get("filled", 0))
-        if self.aligner is not None:
-            self.aligner.load_state_dict(state.get("aligner", {}))
+        self.aligner.load_state_dict(state.get("aligner", {}))

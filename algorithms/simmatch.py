@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.algorithm import Algorithm, Batch, StepOutput
-from ssl_kd.align import make_aligner
+from ssl_kd.align import DistAlign, make_aligner
 from ssl_kd.components import forward_concat, masked_mean, projection_head, restore_tensor, soft_cross_entropy
 from ssl_kd.data.types import SSLData
 from ssl_kd.registry import register_algorithm
@@ -80,7 +80,9 @@ class SimMatch(Algorithm):
         self.position[labelled] = torch.arange(labelled.numel(), device=ctx.device)  # dataset index -> bank entry
         self.bank = F.normalize(torch.randn(labelled.numel(), PROJECTION, device=ctx.device), dim=1)
         self.bank_labels = data.train_y[labelled].to(ctx.device)
-        self.aligner = make_aligner("uniform", cfg.stats_ema, ctx)
+        aligner = make_aligner("uniform", cfg.stats_ema, ctx)
+        assert aligner is not None  # "uniform" always makes one
+        self.aligner: DistAlign = aligner
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(plain_module(self.model).proj(feats).float(), dim=1)
@@ -103,7 +105,7 @@ class SimMatch(Algorithm):
         warm = self.step < round(self.cfg.warmup_fraction * self.ctx.total_steps)
         with torch.no_grad():
             probs = torch.softmax(luw.detach().float(), dim=-1)
-            probs = probs if self.aligner is None else self.aligner(probs)
+            probs = self.aligner(probs)
             instance_target, class_target = unfold_and_aggregate(zuw.detach() @ bank.T, probs, self.bank_labels,
                                                                  self.cfg.temperature, self.cfg.alpha)
             if warm:
@@ -123,12 +125,8 @@ class SimMatch(Algorithm):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"bank": self.bank.clone()}
-        if self.aligner is not None:
-            state["aligner"] = self.aligner.state_dict()
-        return state
+        return {"bank": self.bank.clone(), "aligner": self.aligner.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bank = restore_tensor(state, "bank", self.bank, "simmatch", " (one embedding per labelled example)")
-        if self.aligner is not None:
-            self.aligner.load_state_dict(state.get("aligner", {}))
+        self.aligner.load_state_dict(state.get("aligner", {}))
